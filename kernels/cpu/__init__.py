@@ -1,0 +1,1 @@
+"""Numba CPU kernels (not written yet: ``backend="numba"`` raises NotImplementedError)."""

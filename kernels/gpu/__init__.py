@@ -1,0 +1,1 @@
+"""Triton GPU kernels (not written yet: ``backend="triton"`` raises NotImplementedError)."""

@@ -36,7 +36,7 @@ def values_in_range(name: str, value: torch.Tensor, low: int, high: int) -> None
         return
     smallest, largest = int(value.min()), int(value.max())
     if smallest < low or largest > high:
-        raise ValueError(f"{name} values must lie in [{low}, {high}], got range [{smallest}, {largest}]")
+        raise ValueError(f"{name} has values outside [{low}, {high}]: its range is [{smallest}, {largest}]")
 
 
 def choice(name: str, value, options) -> None:

@@ -32,10 +32,12 @@ def divide_truncating(numerator, denominator):
 
 
 def saturating_rounding_doubling_high_mul(a, b):
-    """gemmlowp's SaturatingRoundingDoublingHighMul: round(a * b / 2**31), ties away from zero.
+    """gemmlowp's SaturatingRoundingDoublingHighMul: a * b / 2**31 rounded to nearest.
 
-    The only product that does not fit is INT32_MIN * INT32_MIN (= 2**62, i.e. 2**31 after
-    the division); it saturates to INT32_MAX.
+    Ties round toward +inf: the nudge is +2**30 for a non-negative product and 1 - 2**30 for a
+    negative one, then C division truncates toward zero (so -0.5 -> 0, 0.5 -> 1). The only
+    product whose result does not fit is INT32_MIN * INT32_MIN (2**62, i.e. 2**31 after the
+    division); it saturates to INT32_MAX.
     """
     a = np.asarray(a, dtype=np.int64)
     b = np.asarray(b, dtype=np.int64)
@@ -62,8 +64,9 @@ def rounding_divide_by_pot(x, exponent):
 def multiply_by_quantized_multiplier_double_rounding(x, multiplier, shift):
     """TFLite's MultiplyByQuantizedMultiplier (default build): x * multiplier * 2**(shift - 31).
 
-    Two roundings: the doubling high multiply rounds to 2**-31, then the right shift rounds
-    again (both ties away from zero). A positive shift is applied as a left shift of x first,
+    Two roundings: the doubling high multiply rounds to 2**-31 (ties toward +inf), then the
+    right shift rounds again (ties away from zero), so results can differ from the exactly
+    rounded product by 1 near a tie. A positive shift is applied as a left shift of x first,
     in int32 (wrapping, like the compiled C).
     """
     x = np.asarray(x, dtype=np.int64)
@@ -111,8 +114,8 @@ def quantize_multiplier(real):
     """TFLite's QuantizeMultiplier: real = multiplier * 2**(shift - 31), multiplier in [2**30, 2**31).
 
     real must be finite and >= 0. A real multiplier of 0, or one so small that shift would be
-    below -31, gives (0, 0) as in TFLite (every result is then 0). One of 2**30 or more needs a
-    shift above 30, which the spec does not allow: ValueError.
+    below -31, gives (0, 0) as in TFLite (every result is then 0). One that rounds to 2**30 or
+    more would need a shift above 30, which the spec does not allow: ValueError.
     Returns (multiplier, shift) as int64 arrays of real's shape.
     """
     real = np.asarray(real, dtype=np.float64)
@@ -127,7 +130,7 @@ def quantize_multiplier(real):
     fixed = np.where(underflow, 0, fixed)
     shift = np.where(underflow, 0, shift)
     if np.any(shift > 30):
-        raise ValueError(f"real multiplier must be < 2**30 (shift <= 30), got {real}")
+        raise ValueError(f"real multiplier must round to below 2**30 (shift <= 30), got {real}")
     return fixed, shift
 
 

@@ -1,0 +1,77 @@
+"""Quantization primitives: parameter choice, quantize/dequantize, derived integer parameters."""
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from intunlearn import qparams
+from intunlearn.reference import float64
+
+finite = st.floats(-100, 100, allow_subnormal=False)
+
+
+@given(finite, finite)
+def test_activation_qparams_cover_the_range_and_zero_exactly(a, b):
+    low, high = min(a, b), max(a, b)
+    assume(max(abs(low), abs(high)) == 0 or max(abs(low), abs(high)) > 1e-6)  # float32 dequantize
+    q = qparams.choose_activation_qparams(low, high)
+    assert -128 <= q.zero_point <= 127 and q.scale > 0
+    # real 0 is exactly representable: it quantizes to the zero point and back to 0
+    zero = qparams.quantize(torch.zeros(1), q.scale, q.zero_point, -128, 127)
+    assert int(zero) == q.zero_point and float(qparams.dequantize(zero, q.scale, q.zero_point)) == 0.0
+    # the ends of the range are within one step of representable values
+    ends = torch.tensor([min(low, 0.0), max(high, 0.0)], dtype=torch.float64)
+    back = qparams.dequantize(qparams.quantize(ends, q.scale, q.zero_point, -128, 127), q.scale, q.zero_point)
+    assert torch.all((back.double() - ends).abs() <= q.scale * 1.0001)
+
+
+def test_activation_qparams_by_hand():
+    q = qparams.choose_activation_qparams(0.0, 2.55)  # ReLU output: zero at the bottom
+    assert q.zero_point == -128 and q.scale == pytest.approx(0.01)
+    q = qparams.choose_activation_qparams(-1.0, 1.0)
+    assert q.scale == pytest.approx(2 / 255) and q.zero_point == -1  # -128 + 127.5 = -0.5 -> -1
+    assert qparams.choose_activation_qparams(0.0, 0.0) == qparams.ActivationQParams(1.0, 0)
+    with pytest.raises(ValueError, match="min_value <= max_value"):
+        qparams.choose_activation_qparams(1.0, -1.0)
+
+
+@given(st.integers(1, 6), st.integers(1, 20), st.sampled_from([4, 8]), st.integers(0, 2**31))
+def test_weight_quantization_is_symmetric_per_channel(rows, cols, bits, seed):
+    weight = torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed)) * 3
+    q, scales = qparams.quantize_weight(weight, bits)
+    limit = 7 if bits == 4 else 127
+    assert q.dtype == torch.int8 and q.abs().max() <= limit
+    assert torch.all(q.abs().amax(dim=1) == limit)  # each channel's largest weight hits the limit
+    error = (qparams.dequantize(q, scales, axis=0).double() - weight.double()).abs()
+    assert torch.all(error <= scales[:, None] / 2 + 1e-6)
+
+
+def test_zero_weight_channel_gets_scale_one():
+    q, scales = qparams.quantize_weight(torch.tensor([[0.0, 0.0], [1.0, -2.0]]), 8)
+    assert scales[0] == 1.0 and q[0].tolist() == [0, 0] and q[1].tolist() == [64, -127]
+
+
+def test_round_half_away():
+    values = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999999999999994, 2.4], dtype=torch.float64)
+    assert qparams.round_half_away(values).tolist() == [1, 2, 3, -1, -3, 0, 2]
+
+
+def test_quantize_matches_the_float64_reference():
+    real = torch.linspace(-3, 3, 101, dtype=torch.float64)
+    np.testing.assert_array_equal(qparams.quantize(real, 0.05, 3, -128, 127).numpy(),
+                                  float64.quantize(real.numpy(), 0.05, 3))
+
+
+def test_bias_quantization_refuses_overflow():
+    with pytest.raises(ValueError, match="bias does not fit int32"):
+        qparams.quantize_bias(torch.tensor([1e6]), 1e-3, torch.tensor([1e-6]))
+
+
+def test_add_params_multipliers_reconstruct_the_scales():
+    a, b, out = (qparams.ActivationQParams(s, 0) for s in (0.1, 0.05, 0.2))
+    params = qparams.add_params(a, b, out)
+    real = lambda prefix: params[f"{prefix}_multiplier"] * 2.0 ** (params[f"{prefix}_shift"] - 31)  # noqa: E731
+    assert real("a") == pytest.approx(0.5) and real("b") == pytest.approx(0.25)
+    assert real("output") == pytest.approx(0.2 / (2**20 * 0.2))

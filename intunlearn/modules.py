@@ -1,0 +1,441 @@
+"""Quantized modules with three arithmetic modes.
+
+* "integer": the true integer forward through the kernels (`intunlearn::quant_linear` / `..conv2d`,
+  `intunlearn::qadd`, `intunlearn::qavg_pool2d`), straight-through-estimator backward.
+* "fake": the same parameters simulated in float32 (quantize-dequantize of inputs, weights,
+  biases and outputs), as LSQ, Brevitas or the Q-MUL code simulate quantization.
+* "float": plain float, the quantizers switched off (for calibration and reference).
+
+Every module passes real-valued tensors between layers; in "integer" and "fake" mode they lie
+exactly on the int8 grid of the producing layer's output parameters, so a consumer that uses the
+same parameters recovers the int8 values exactly. Per-sample loss weights alpha (Q-MUL's
+adaptive gradient reweighting) are set with `sample_weights(model, alpha)` and applied inside each
+layer's weight-gradient reduction, in all three modes.
+
+Fake-quant vs integer bound: given the same int8 input, a layer's fake-quant and integer
+outputs differ by at most 1 LSB of its output scale (fixed-point requantization vs float32
+rounding); through a network the differences can compound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from intunlearn import library  # noqa: F401  (registers the torch.library ops)
+from intunlearn import qparams as qp
+
+MODES = ("integer", "fake", "float")
+ACTIVATIONS = (None, "relu", "relu6")
+
+
+def _check_mode(mode):
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+class QuantModule(nn.Module):
+    """Shared state of the quantized modules: arithmetic mode, backend, calibration observer,
+    and the output quantization parameters (a real scale and an int8 zero point)."""
+
+    def __init__(self, mode="integer", backend="auto"):
+        super().__init__()
+        self.mode = _check_mode(mode)
+        self.pinned_float = False  # layers kept in float (quantize(keep_float=...)) stay float
+        self.backend = backend
+        self.observing = False
+        self.sample_weights_for_backward = None
+        self.register_buffer("observed_range", torch.tensor([math.inf, -math.inf], dtype=torch.float64))
+        self.register_buffer("output_scale", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("output_zero_point", torch.tensor(0, dtype=torch.int64))
+
+    def observe(self, output):
+        low, high = self.observed_range.tolist()
+        values = output.detach()
+        self.observed_range = torch.tensor([min(low, float(values.min())), max(high, float(values.max()))],
+                                           dtype=torch.float64, device=self.observed_range.device)
+
+    @property
+    def output_qparams(self) -> qp.ActivationQParams:
+        return qp.ActivationQParams(float(self.output_scale), int(self.output_zero_point))
+
+    def set_output_qparams(self, q: qp.ActivationQParams):
+        self.output_scale.fill_(q.scale)
+        self.output_zero_point.fill_(q.zero_point)
+
+    def freeze_observed_range(self):
+        """Output parameters from the observed range (calibration)."""
+        low, high = self.observed_range.tolist()
+        if low > high:
+            raise RuntimeError(f"{type(self).__name__} saw no calibration data")
+        self.set_output_qparams(qp.choose_activation_qparams(low, high))
+
+    def fake_quantize_output(self, y, act_min=-128, act_max=127):
+        """Quantize-dequantize to the output grid with a straight-through gradient that is
+        zero where the value was clamped."""
+        q = self.output_qparams
+        low, high = q.scale * (act_min - q.zero_point), q.scale * (act_max - q.zero_point)
+        clamped = y.clamp(low, high)
+        grid = qp.dequantize(qp.quantize(y.detach(), q.scale, q.zero_point, act_min, act_max), q.scale, q.zero_point)
+        return clamped + (grid.to(y.dtype) - clamped).detach()
+
+
+class InputQuantizer(QuantModule):
+    """Puts a real-valued model input on the int8 grid (first op of every converted model)."""
+
+    def forward(self, x):
+        if self.observing:
+            self.observe(x)
+        if self.mode == "float":
+            return x
+        return self.fake_quantize_output(x)
+
+
+class _WeightedLayer(QuantModule):
+    """Linear/Conv2d shared parts: latent float weight and bias, per-channel weight scales
+    (LSQ-learnable if lsq=True), the fused activation and the input parameters."""
+
+    def __init__(self, weight, bias, *, weight_bits, activation, lsq, mode, backend, rounding="double"):
+        super().__init__(mode, backend)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        self.weight_bits = weight_bits
+        self.activation = activation
+        self.rounding = rounding
+        self.weight = nn.Parameter(weight.detach().clone().float())
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone().float())
+        scales = qp.choose_weight_scales(self.weight, weight_bits).float()
+        if lsq:
+            self.weight_scale = nn.Parameter(scales)
+        else:
+            self.register_buffer("weight_scale", scales)
+        self.register_buffer("input_scale", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer("input_zero_point", torch.tensor(0, dtype=torch.int64))
+
+    @property
+    def input_qparams(self) -> qp.ActivationQParams:
+        return qp.ActivationQParams(float(self.input_scale), int(self.input_zero_point))
+
+    def set_input_qparams(self, q: qp.ActivationQParams):
+        self.input_scale.fill_(q.scale)
+        self.input_zero_point.fill_(q.zero_point)
+
+    def activation_range(self) -> tuple[int, int]:
+        """The clamp that folds the activation: ReLU clamps at real 0, ReLU6 also at real 6."""
+        q = self.output_qparams
+        act_min, act_max = -128, 127
+        if self.activation in ("relu", "relu6"):
+            act_min = max(act_min, q.zero_point)
+        if self.activation == "relu6":
+            act_max = min(act_max, q.zero_point + int(qp.round_half_away(torch.tensor(6.0 / q.scale))))
+        return act_min, act_max
+
+    def float_activation(self, y):
+        if self.activation == "relu":
+            return F.relu(y)
+        if self.activation == "relu6":
+            return F.relu6(y)
+        return y
+
+    def forward(self, x):
+        if self.mode == "float" or self.observing:
+            y = self.float_activation(self.float_op(x, self.weight, self.bias))
+            if self.observing:
+                self.observe(y)
+            return y
+        if self.mode == "integer":
+            act_min, act_max = self.activation_range()
+            return self.integer_op(x, act_min, act_max)
+        return self.fake_forward(x)
+
+    def fake_forward(self, x):
+        q_in = self.input_qparams
+        x_grid = fake_quantize_activation(x, q_in)
+        limit = qp.weight_max(self.weight_bits)
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        weight = lsq_fake_quantize(self.weight, self.weight_scale.reshape(shape), limit)
+        bias = None
+        if self.bias is not None:
+            bias_scale = (q_in.scale * self.weight_scale.detach().double()).float()
+            bias = self.bias + (qp.round_half_away(self.bias.detach().double() / bias_scale).float()
+                                * bias_scale - self.bias).detach()
+        y = self.float_op(x_grid, weight, bias)
+        act_min, act_max = self.activation_range()
+        return self.fake_quantize_output(y, act_min, act_max)
+
+    def _common_op_args(self, act_min, act_max):
+        q_in, q_out = self.input_qparams, self.output_qparams
+        return (self.sample_weights_for_backward, q_in.scale, q_in.zero_point, q_out.scale,
+                q_out.zero_point, act_min, act_max, self.weight_bits, self.rounding, self.backend)
+
+
+def fake_quantize_activation(x, q: qp.ActivationQParams):
+    """Input quantize-dequantize with a straight-through gradient, zero where saturated."""
+    low, high = q.scale * (-128 - q.zero_point), q.scale * (127 - q.zero_point)
+    clamped = x.clamp(low, high)
+    grid = qp.dequantize(qp.quantize(x.detach(), q.scale, q.zero_point, -128, 127), q.scale, q.zero_point)
+    return clamped + (grid.to(x.dtype) - clamped).detach()
+
+
+def lsq_fake_quantize(weight, scale, limit):
+    """LSQ fake quantization (Esser et al., 2020): w_hat = clamp(round(w/s), -Q, Q) * s, with the
+    straight-through gradient for w and the LSQ gradient for s scaled by 1/sqrt(numel * Q)."""
+    grad_scale = 1.0 / math.sqrt(weight[0].numel() * limit)
+    scale = scale * grad_scale + (scale - scale * grad_scale).detach()  # value s, gradient scaled
+    ratio = (weight / scale).clamp(-limit, limit)
+    rounded = ratio + (qp.round_half_away(ratio.detach().double()).float() - ratio).detach()
+    return rounded * scale
+
+
+class _SampleWeightedLinear(torch.autograd.Function):
+    """F.linear whose weight and bias gradients are sum_i alpha_i g_i^T x_i and sum_i alpha_i g_i."""
+
+    @staticmethod
+    def forward(x, weight, bias, alpha):
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, alpha = inputs
+        ctx.save_for_backward(x, weight, alpha)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, alpha = ctx.saved_tensors
+        weighted = grad * alpha[:, None]
+        grad_bias = weighted.sum(0) if ctx.has_bias else None
+        return grad @ weight, weighted.T @ x, grad_bias, None
+
+
+class _SampleWeightedConv2d(torch.autograd.Function):
+    """F.conv2d with alpha fused into the weight and bias gradient reductions."""
+
+    @staticmethod
+    def forward(x, weight, bias, alpha, stride, dilation, groups):
+        return F.conv2d(x, weight, bias, stride, 0, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, weight, bias, alpha, stride, dilation, groups = inputs
+        ctx.save_for_backward(x, weight, alpha)
+        ctx.conv = (stride, dilation, groups)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, alpha = ctx.saved_tensors
+        stride, dilation, groups = ctx.conv
+        weighted = grad * alpha[:, None, None, None]
+        grad_x = torch.nn.grad.conv2d_input(x.shape, weight, grad, stride, 0, dilation, groups)
+        grad_w = torch.nn.grad.conv2d_weight(x, weight.shape, weighted, stride, 0, dilation, groups)
+        grad_bias = weighted.sum((0, 2, 3)) if ctx.has_bias else None
+        return grad_x, grad_w, grad_bias, None, None, None, None
+
+
+class QuantLinear(_WeightedLayer):
+    """Linear layer: int8 activations, per-channel int8/int4 weights, int32 bias."""
+
+    def __init__(self, in_features, out_features, bias=True, *, weight_bits=8, activation=None,
+                 lsq=False, mode="integer", backend="auto", rounding="double"):
+        weight = torch.empty(out_features, in_features)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        bias_tensor = torch.zeros(out_features) if bias else None
+        super().__init__(weight, bias_tensor, weight_bits=weight_bits, activation=activation, lsq=lsq,
+                         mode=mode, backend=backend, rounding=rounding)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, **kwargs):
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, **kwargs)
+        layer.load_float(linear.weight, linear.bias)
+        return layer
+
+    def load_float(self, weight, bias):
+        with torch.no_grad():
+            self.weight.copy_(weight)
+            if bias is not None:
+                self.bias.copy_(bias)
+            self.weight_scale.copy_(qp.choose_weight_scales(self.weight, self.weight_bits))
+
+    def float_op(self, x, weight, bias):
+        alpha = self.sample_weights_for_backward
+        if alpha is None:
+            return F.linear(x, weight, bias)
+        return _SampleWeightedLinear.apply(x, weight, bias, alpha)
+
+    def integer_op(self, x, act_min, act_max):
+        return torch.ops.intunlearn.quant_linear(x, self.weight, self.bias, self.weight_scale,
+                                                 *self._common_op_args(act_min, act_max))
+
+
+class QuantConv2d(_WeightedLayer):
+    """2-D convolution (groups, depthwise, dilation, asymmetric padding), BN folded in."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 groups=1, bias=True, *, weight_bits=8, activation=None, lsq=False, mode="integer",
+                 backend="auto", rounding="double"):
+        kernel = _pair(kernel_size)
+        weight = torch.empty(out_channels, in_channels // groups, *kernel)
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        super().__init__(weight, torch.zeros(out_channels) if bias else None, weight_bits=weight_bits,
+                         activation=activation, lsq=lsq, mode=mode, backend=backend, rounding=rounding)
+        self.stride, self.dilation, self.groups = _pair(stride), _pair(dilation), groups
+        self.padding = _padding4(padding)
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, weight=None, bias=None, **kwargs):
+        """From an nn.Conv2d, optionally with replacement (BN-folded) weight and bias."""
+        if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+            raise NotImplementedError(f"Conv2d padding={conv.padding!r}, padding_mode={conv.padding_mode!r}: "
+                                      "only explicit zero padding is supported")
+        weight = conv.weight if weight is None else weight
+        bias = conv.bias if bias is None else bias
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                    conv.dilation, conv.groups, bias is not None, **kwargs)
+        QuantLinear.load_float(layer, weight, bias)
+        return layer
+
+    def _padded(self, x):
+        top, bottom, left, right = self.padding
+        return F.pad(x, (left, right, top, bottom)) if any(self.padding) else x
+
+    def float_op(self, x, weight, bias):
+        alpha = self.sample_weights_for_backward
+        if alpha is None:
+            return F.conv2d(self._padded(x), weight, bias, self.stride, 0, self.dilation, self.groups)
+        return _SampleWeightedConv2d.apply(self._padded(x), weight, bias, alpha, self.stride,
+                                           self.dilation, self.groups)
+
+    def integer_op(self, x, act_min, act_max):
+        return torch.ops.intunlearn.quant_conv2d(
+            x, self.weight, self.bias, self.weight_scale, *self._common_op_args(act_min, act_max),
+            list(self.stride), list(self.padding), list(self.dilation), self.groups)
+
+
+class QuantAdd(QuantModule):
+    """Residual add (TFLite int8 ADD), optionally with a folded ReLU."""
+
+    def __init__(self, activation=None, mode="integer", backend="auto"):
+        super().__init__(mode, backend)
+        if activation not in (None, "relu"):
+            raise ValueError(f"QuantAdd activation must be None or 'relu', got {activation!r}")
+        self.activation = activation
+        for name in ("a", "b"):
+            self.register_buffer(f"{name}_scale", torch.tensor(1.0, dtype=torch.float64))
+            self.register_buffer(f"{name}_zero_point", torch.tensor(0, dtype=torch.int64))
+
+    def input_qparams(self, name) -> qp.ActivationQParams:
+        return qp.ActivationQParams(float(getattr(self, f"{name}_scale")), int(getattr(self, f"{name}_zero_point")))
+
+    def set_input_qparams(self, name, q: qp.ActivationQParams):
+        getattr(self, f"{name}_scale").fill_(q.scale)
+        getattr(self, f"{name}_zero_point").fill_(q.zero_point)
+
+    def activation_range(self):
+        return (max(-128, int(self.output_zero_point)) if self.activation == "relu" else -128), 127
+
+    def forward(self, a, b):
+        y_float = a + b
+        if self.activation == "relu":
+            y_float = F.relu(y_float)
+        if self.mode == "float" or self.observing:
+            if self.observing:
+                self.observe(y_float)
+            return y_float
+        act_min, act_max = self.activation_range()
+        if self.mode == "fake":
+            return self.fake_quantize_output(fake_quantize_activation(a, self.input_qparams("a"))
+                                             + fake_quantize_activation(b, self.input_qparams("b")), act_min, act_max)
+        qa, qb, qy = self.input_qparams("a"), self.input_qparams("b"), self.output_qparams
+        a_q = qp.quantize(a.detach(), qa.scale, qa.zero_point, -128, 127)
+        b_q = qp.quantize(b.detach(), qb.scale, qb.zero_point, -128, 127)
+        params = qp.add_params(qa, qb, qy)
+        y = torch.ops.intunlearn.qadd(a_q, b_q, params["a_zero_point"], params["a_multiplier"],
+                                      params["a_shift"], params["b_zero_point"], params["b_multiplier"],
+                                      params["b_shift"], params["left_shift"], params["output_zero_point"],
+                                      params["output_multiplier"], params["output_shift"], act_min,
+                                      act_max, self.backend)
+        return _straight_through(a + b, qp.dequantize(y, qy.scale, qy.zero_point), (y > act_min) & (y < act_max))
+
+
+class QuantAvgPool2d(QuantModule):
+    """TFLite int8 average pool; output parameters equal the input's. kernel_size=None: global."""
+
+    def __init__(self, kernel_size=None, stride=None, padding=0, mode="integer", backend="auto"):
+        super().__init__(mode, backend)
+        self.kernel_size = None if kernel_size is None else _pair(kernel_size)
+        self.stride = None if stride is None else _pair(stride)
+        self.padding = _padding4(padding)
+
+    def _geometry(self, x):
+        kernel = tuple(x.shape[2:]) if self.kernel_size is None else self.kernel_size
+        return kernel, kernel if self.stride is None else self.stride
+
+    def forward(self, x):
+        kernel, stride = self._geometry(x)
+        top, bottom, left, right = self.padding
+        if top != bottom or left != right:
+            raise NotImplementedError("QuantAvgPool2d's float/fake path supports symmetric padding only")
+        y_float = F.avg_pool2d(x, kernel, stride, (top, left), count_include_pad=False)
+        if self.mode == "float" or self.observing:
+            return y_float  # its parameters are its producer's: nothing to observe
+        q = self.output_qparams
+        if self.mode == "fake":
+            return self.fake_quantize_output(F.avg_pool2d(fake_quantize_activation(x, q), kernel, stride, (top, left),
+                                                          count_include_pad=False))
+        x_q = qp.quantize(x.detach(), q.scale, q.zero_point, -128, 127)
+        y = torch.ops.intunlearn.qavg_pool2d(x_q, list(kernel), list(stride), list(self.padding), -128, 127,
+                                             self.backend)
+        return _straight_through(y_float, qp.dequantize(y, q.scale, q.zero_point), torch.ones_like(y, dtype=torch.bool))
+
+
+def _straight_through(float_value, integer_value, pass_mask):
+    """integer_value in the forward pass; in the backward, the float computation's gradient
+    where pass_mask holds and zero elsewhere."""
+    gated = float_value * pass_mask
+    return gated + (integer_value.to(float_value.dtype) - gated).detach()
+
+
+def _pair(value):
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _padding4(padding):
+    if isinstance(padding, int):
+        return (padding,) * 4
+    if len(padding) == 2:
+        return (padding[0], padding[0], padding[1], padding[1])
+    return tuple(padding)
+
+
+@contextlib.contextmanager
+def sample_weights(model: nn.Module, alpha: torch.Tensor | None):
+    """Within the block, forward passes record per-sample loss weights alpha [N] for the
+    backward of every quantized layer of `model` (fused into the weight-gradient reductions).
+
+        with sample_weights(model, alpha):
+            loss = criterion(model(x), y)   # criterion with reduction="sum" or "mean"
+        loss.backward()
+    """
+    layers = [m for m in model.modules() if isinstance(m, _WeightedLayer)]
+    for layer in layers:
+        layer.sample_weights_for_backward = None if alpha is None else alpha.detach().float()
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.sample_weights_for_backward = None
+
+
+def set_arithmetic(model: nn.Module, mode: str) -> nn.Module:
+    """Switch every quantized module of `model` to "integer", "fake" or "float", in place."""
+    _check_mode(mode)
+    for module in model.modules():
+        if isinstance(module, QuantModule) and not module.pinned_float:
+            module.mode = mode
+    return model

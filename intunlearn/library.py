@@ -114,13 +114,13 @@ def quantize_input(x: Tensor, scale: float, zero_point: int) -> tuple[Tensor, Te
 
 
 def quantize_weight(weight: Tensor, scales: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Symmetric per-channel int values (int8 dtype), the unclamped ratio w/s and its mask."""
+    """Symmetric per-channel int values (int8 dtype), the ratio w/s, and the mask of weights
+    inside the clip range |w/s| <= Q (where the straight-through gradient passes)."""
     limit = qp.weight_max(bits)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     ratio = weight.detach().double() / scales.detach().double().reshape(shape)
-    rounded = qp.round_half_away(ratio)
-    inside = rounded.abs() <= limit
-    return rounded.clamp(-limit, limit).to(torch.int8), ratio, inside
+    inside = ratio.abs() <= limit  # LSQ's clip range, on the unrounded ratio
+    return qp.round_half_away(ratio).clamp(-limit, limit).to(torch.int8), ratio, inside
 
 
 def integer_params(weight, bias, weight_scale, input_scale, output_scale, weight_bits):
@@ -166,43 +166,81 @@ def _(x, weight, *args):
     return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
 
 
-def _setup_context(ctx, inputs, output):
-    ctx.save_for_backward(inputs[0], inputs[1], inputs[2], inputs[3], inputs[4], output)
-    ctx.params = inputs[5:]
-
-
-def _quant_backward(ctx, grad_output, kernel_name, extra):
-    """Shared STE backward of quant_linear and quant_conv2d."""
-    x, weight, bias, weight_scale, sample_weights, output = ctx.saved_tensors
-    (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max,
-     weight_bits, _rounding, backend) = ctx.params[:9]
+def _ste_backward(kernel_name, geometry, grad_output, x, weight, bias, weight_scale, sample_weights,
+                  output, input_scale, input_zero_point, output_scale, output_zero_point, act_min,
+                  act_max, weight_bits, backend, needs_input, needs_weight, needs_scale):
+    """STE backward shared by quant_linear and quant_conv2d: recover the int8 tensors, call the
+    backend's backward kernel, apply the input-saturation and weight-clipping masks and form the
+    LSQ step-size gradient. Gradients not asked for come back as empty tensors."""
     x_q, x_inside = quantize_input(x, input_scale, input_zero_point)
     w_q, ratio, w_inside = quantize_weight(weight, weight_scale, weight_bits)
     y_q = (qp.round_half_away(output.double() / output_scale) + output_zero_point).to(torch.int8)
-    needs_input, needs_weight = ctx.needs_input_grad[0], any(ctx.needs_input_grad[1:4])
     backward = getattr(resolve(backend, x.device), kernel_name)
     grad_x, grad_w, grad_b = backward(
-        grad_output.contiguous(), y_q, x_q, w_q, **extra(ctx, weight), input_zero_point=input_zero_point,
+        grad_output.contiguous(), y_q, x_q, w_q, **geometry, input_zero_point=input_zero_point,
         input_scale=input_scale, weight_scales=weight_scale.detach().float(), act_min=act_min,
         act_max=act_max, sample_weights=sample_weights, needs_input_grad=needs_input,
-        needs_weight_grad=needs_weight)
-    grad_scale = None
-    if grad_x is not None:
-        grad_x = torch.where(x_inside, grad_x, 0.0).to(x.dtype)
-    if grad_w is not None:
-        if ctx.needs_input_grad[3]:
-            grad_scale = _lsq_scale_grad(grad_w, w_q, ratio, w_inside, weight_bits).to(weight_scale.dtype)
-        grad_w = torch.where(w_inside, grad_w, 0.0).to(weight.dtype)
-        grad_b = None if bias is None else grad_b.to(bias.dtype)
-    return (grad_x, grad_w, grad_b, grad_scale) + (None,) * (len(ctx.params) + 1)
+        needs_weight_grad=needs_weight or needs_scale)
+    empty = lambda: x.new_empty(0)  # noqa: E731  (custom-op outputs may not alias each other)
+    grad_scale = empty()
+    if needs_scale:
+        grad_scale = _lsq_scale_grad(grad_w, w_q, ratio, w_inside, weight_bits).to(weight_scale.dtype)
+    return (torch.where(x_inside, grad_x, 0.0).to(x.dtype) if needs_input else empty(),
+            torch.where(w_inside, grad_w, 0.0).to(weight.dtype) if needs_weight else empty(),
+            grad_b.to(bias.dtype).clone() if needs_weight and bias is not None else empty(),
+            grad_scale)
 
 
-def _linear_backward(ctx, grad_output):
-    return _quant_backward(ctx, grad_output, "qlinear_backward",
-                           lambda ctx, weight: {"in_features": weight.shape[1]})
+def _fake_ste_backward(x, weight, bias, weight_scale, needs_input, needs_weight, needs_scale):
+    return (torch.empty_like(x) if needs_input else x.new_empty(0),
+            torch.empty_like(weight) if needs_weight else x.new_empty(0),
+            torch.empty_like(bias) if needs_weight and bias is not None else x.new_empty(0),
+            torch.empty_like(weight_scale) if needs_scale else x.new_empty(0))
 
 
-quant_linear.register_autograd(_linear_backward, setup_context=_setup_context)
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:5], output)
+    ctx.params = inputs[5:]
+
+
+def _autograd_backward(ctx, grad_output, backward_op, geometry):
+    """Calls the backward op (itself a custom op, so the backward traces under torch.compile)
+    and maps the empty tensors of gradients not asked for back to None."""
+    x, weight, bias, weight_scale, sample_weights, output = ctx.saved_tensors
+    (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max, weight_bits,
+     _rounding, backend) = ctx.params[:9]
+    needs = ctx.needs_input_grad
+    grads = backward_op(grad_output, x, weight, bias, weight_scale, sample_weights, output, input_scale,
+                        input_zero_point, output_scale, output_zero_point, act_min, act_max,
+                        weight_bits, backend, needs[0], needs[1] or needs[2], needs[3], *geometry)
+    asked = (needs[0], needs[1], needs[2] and bias is not None, needs[3])
+    return tuple(g if wanted else None for g, wanted in zip(grads, asked)) + (None,) * (len(ctx.params) + 1)
+
+
+@torch.library.custom_op("intunlearn::quant_linear_backward", mutates_args=())
+def quant_linear_backward(grad_output: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                          weight_scale: Tensor, sample_weights: Optional[Tensor], output: Tensor,
+                          input_scale: float, input_zero_point: int, output_scale: float,
+                          output_zero_point: int, act_min: int, act_max: int, weight_bits: int,
+                          backend: str, needs_input: bool, needs_weight: bool, needs_scale: bool
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad_x, grad_weight, grad_bias, grad_weight_scale) of quant_linear; empty where not needed."""
+    return _ste_backward("qlinear_backward", {"in_features": weight.shape[1]}, grad_output, x, weight,
+                         bias, weight_scale, sample_weights, output, input_scale, input_zero_point,
+                         output_scale, output_zero_point, act_min, act_max, weight_bits, backend,
+                         needs_input, needs_weight, needs_scale)
+
+
+@quant_linear_backward.register_fake
+def _(grad_output, x, weight, bias, weight_scale, sample_weights, output, input_scale, input_zero_point,
+      output_scale, output_zero_point, act_min, act_max, weight_bits, backend, needs_input,
+      needs_weight, needs_scale):
+    return _fake_ste_backward(x, weight, bias, weight_scale, needs_input, needs_weight, needs_scale)
+
+
+quant_linear.register_autograd(
+    lambda ctx, grad: _autograd_backward(ctx, grad, torch.ops.intunlearn.quant_linear_backward, ()),
+    setup_context=_setup_context)
 
 
 # ---- quant_conv2d -----------------------------------------------------------------------------
@@ -234,11 +272,31 @@ def _(x, weight, bias, weight_scale, sample_weights, input_scale, input_zero_poi
                        dtype=torch.float32)
 
 
-def _conv_backward(ctx, grad_output):
-    stride, padding, dilation, groups = ctx.params[9:]
-    return _quant_backward(ctx, grad_output, "qconv2d_backward", lambda ctx, weight: {
-        "weight_shape": tuple(weight.shape), "stride": tuple(stride), "padding": tuple(padding),
-        "dilation": tuple(dilation), "groups": groups})
+@torch.library.custom_op("intunlearn::quant_conv2d_backward", mutates_args=())
+def quant_conv2d_backward(grad_output: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor],
+                          weight_scale: Tensor, sample_weights: Optional[Tensor], output: Tensor,
+                          input_scale: float, input_zero_point: int, output_scale: float,
+                          output_zero_point: int, act_min: int, act_max: int, weight_bits: int,
+                          backend: str, needs_input: bool, needs_weight: bool, needs_scale: bool,
+                          stride: list[int], padding: list[int], dilation: list[int], groups: int
+                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(grad_x, grad_weight, grad_bias, grad_weight_scale) of quant_conv2d; empty where not needed."""
+    geometry = {"weight_shape": tuple(weight.shape), "stride": tuple(stride), "padding": tuple(padding),
+                "dilation": tuple(dilation), "groups": groups}
+    return _ste_backward("qconv2d_backward", geometry, grad_output, x, weight, bias, weight_scale,
+                         sample_weights, output, input_scale, input_zero_point, output_scale,
+                         output_zero_point, act_min, act_max, weight_bits, backend, needs_input,
+                         needs_weight, needs_scale)
 
 
-quant_conv2d.register_autograd(_conv_backward, setup_context=_setup_context)
+@quant_conv2d_backward.register_fake
+def _(grad_output, x, weight, bias, weight_scale, sample_weights, output, input_scale, input_zero_point,
+      output_scale, output_zero_point, act_min, act_max, weight_bits, backend, needs_input,
+      needs_weight, needs_scale, stride, padding, dilation, groups):
+    return _fake_ste_backward(x, weight, bias, weight_scale, needs_input, needs_weight, needs_scale)
+
+
+quant_conv2d.register_autograd(
+    lambda ctx, grad: _autograd_backward(ctx, grad, torch.ops.intunlearn.quant_conv2d_backward,
+                                         ctx.params[9:]),
+    setup_context=_setup_context)

@@ -1,0 +1,244 @@
+"""Quantized modules and model conversion: the integer forward is the composition of the
+reference ops on the exported integer state, modes switch in place, per-sample weights give
+the gradient of the weighted loss, state round-trips, torch.compile works, bad models fail."""
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import intunlearn
+from intunlearn import ops
+from intunlearn import qparams as qp
+from intunlearn.backends import BACKENDS
+
+CPU_BACKENDS = [name for name, b in BACKENDS.items() if name in ("reference", "numba") and b.available()]
+
+
+class ResidualNet(nn.Module):
+    """conv-BN-ReLU stem, a residual block with its ReLU after the add, global pool, linear."""
+
+    def __init__(self, width=6):
+        super().__init__()
+        self.stem = nn.Conv2d(2, width, 3, padding=1)
+        self.stem_bn = nn.BatchNorm2d(width)
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1, groups=2, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(width, 5)
+
+    def forward(self, x):
+        x = F.relu(self.stem_bn(self.stem(x)))
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out = F.relu(out + x)
+        return self.fc(torch.flatten(self.pool(out), 1))
+
+
+def residual_net(seed=0):
+    torch.manual_seed(seed)
+    model = ResidualNet()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU6(), nn.Linear(16, 3))
+
+
+def images(n=8, seed=1):
+    return torch.randn(n, 2, 6, 6, generator=torch.Generator().manual_seed(seed))
+
+
+def int8_codes(real, q: qp.ActivationQParams):
+    return qp.quantize(real, q.scale, q.zero_point, -128, 127)
+
+
+def modules_of(model, kind):
+    return [m for m in model.modules() if isinstance(m, kind)]
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("bits", [4, 8])
+def test_integer_forward_is_the_reference_ops_on_the_exported_state(backend, bits):
+    model = intunlearn.quantize(residual_net(), weight_bits=bits, calibration=images(32, seed=2), backend=backend)
+    x = images()
+    state = intunlearn.integer_state_dict(model)
+    names = [name for name, m in model.named_modules() if isinstance(m, intunlearn.modules.QuantModule)]
+    input_q, stem, conv1, conv2, add, pool, fc = names
+
+    def entry(name, key):
+        return state[f"{name}.{key}"]
+
+    def zero_point(name, prefix):
+        return int(entry(name, f"{prefix}_zero_point"))
+
+    def conv(name, x_q, **geometry):
+        weight = entry(name, "weight")
+        extra = {"kernel_size": tuple(entry(name, "weight_shape")[2:].tolist())} if bits == 4 else {}
+        return ops.qconv2d(x_q, weight, entry(name, "bias") if f"{name}.bias" in state else None,
+                           input_zero_point=zero_point(name, "input"), output_zero_point=zero_point(name, "output"),
+                           multiplier=entry(name, "multiplier"), shift=entry(name, "shift"),
+                           act_min=int(entry(name, "act_min")), act_max=int(entry(name, "act_max")),
+                           weight_bits=bits, backend="reference", **geometry, **extra)
+
+    x_q = qp.quantize(x, float(entry(input_q, "output_scale")), zero_point(input_q, "output"), -128, 127)
+    h = conv(stem, x_q, padding=1)
+    out = conv(conv2, conv(conv1, h, padding=1), padding=1, groups=2)
+    add_args = {k: int(entry(add, k)) for k in ("a_multiplier", "a_shift", "b_multiplier", "b_shift", "left_shift",
+                                                "output_multiplier", "output_shift", "act_min", "act_max")}
+    summed = ops.qadd(out, h, a_zero_point=zero_point(add, "a"), b_zero_point=zero_point(add, "b"),
+                      output_zero_point=zero_point(add, "output"), backend="reference", **add_args)
+    pooled = ops.qavg_pool2d(summed, tuple(summed.shape[2:]), backend="reference")
+    logits = ops.qlinear(pooled.flatten(1), entry(fc, "weight"), entry(fc, "bias"),
+                         input_zero_point=zero_point(fc, "input"), output_zero_point=zero_point(fc, "output"),
+                         multiplier=entry(fc, "multiplier"), shift=entry(fc, "shift"), weight_bits=bits,
+                         backend="reference")
+    fc_layer = dict(model.named_modules())[fc]
+    torch.testing.assert_close(int8_codes(model(x), fc_layer.output_qparams), logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make_layer, shape", [
+    (lambda: nn.Linear(20, 7), (16, 20)),
+    (lambda: nn.Conv2d(3, 4, 3, stride=2, padding=1), (4, 3, 7, 7)),
+])
+@pytest.mark.parametrize("bits", [4, 8])
+def test_fake_quant_and_integer_layers_differ_by_at_most_one_lsb(make_layer, shape, bits):
+    """The documented bound: same int8 input, one layer, at most 1 LSB of the output scale."""
+    torch.manual_seed(3)
+    model = intunlearn.quantize(nn.Sequential(make_layer(), nn.ReLU()), weight_bits=bits,
+                                calibration=torch.randn(64, *shape[1:]))
+    x = torch.randn(shape)
+    integer = model(x)
+    fake = intunlearn.set_arithmetic(model, "fake")(x)
+    layer = modules_of(model, intunlearn.modules._WeightedLayer)[0]
+    difference = (int8_codes(integer, layer.output_qparams).int() - int8_codes(fake, layer.output_qparams).int()).abs()
+    assert difference.max() <= 1
+    assert (difference == 0).float().mean() > 0.8  # and mostly none
+
+
+def test_set_arithmetic_switches_in_place_and_keep_float_stays_float():
+    model = intunlearn.quantize(mlp(), weight_bits=4, calibration=torch.randn(64, 12), keep_float=["0"])
+    x = torch.randn(10, 12)
+    reference_float = mlp()(x)
+    assert intunlearn.set_arithmetic(model, "float") is model
+    torch.testing.assert_close(model(x), reference_float)  # float mode is the float model
+    intunlearn.set_arithmetic(model, "integer")
+    layers = modules_of(model, intunlearn.modules._WeightedLayer)
+    assert [layer.mode for layer in layers] == ["float", "integer", "integer"]
+    assert not torch.equal(model(x), reference_float)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        intunlearn.set_arithmetic(model, "int8")
+
+
+@pytest.mark.parametrize("mode", ["integer", "fake", "float"])
+def test_sample_weights_give_the_gradient_of_the_weighted_loss(mode):
+    """Fusing alpha into each layer's weight reduction == weighting each sample's loss."""
+    model = intunlearn.quantize(residual_net(), weight_bits=4, calibration=images(32), mode=mode)
+    model.train()
+    x, y = images(6, seed=5), torch.tensor([0, 1, 2, 3, 4, 0])
+    alpha = torch.tensor([0.2, 1.5, 0.0, 1.0, 3.0, 0.7])
+
+    with intunlearn.sample_weights(model, alpha):
+        F.cross_entropy(model(x), y, reduction="sum").backward()
+    fused = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    (alpha * F.cross_entropy(model(x), y, reduction="none")).sum().backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(fused[name], p.grad, rtol=1e-4, atol=1e-5, msg=name)
+    assert all(m.sample_weights_for_backward is None for m in modules_of(model, intunlearn.modules._WeightedLayer))
+
+
+def test_lsq_step_sizes_are_learned():
+    model = intunlearn.quantize(mlp(), weight_bits=4, calibration=torch.randn(64, 12), lsq=True)
+    scales = [p for name, p in model.named_parameters() if name.endswith("weight_scale")]
+    assert len(scales) == 3
+    F.cross_entropy(model(torch.randn(8, 12)), torch.randint(0, 3, (8,))).backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in scales)
+
+
+def test_integer_state_round_trips_through_a_file(tmp_path):
+    model = intunlearn.quantize(residual_net(), weight_bits=4, calibration=images(32))
+    path = tmp_path / "model.int.pt"
+    intunlearn.save_integer_state(model, path)
+    state = intunlearn.load_integer_state(path)  # weights_only=True
+    assert state["fc_q7.weight"].dtype == torch.uint8  # packed int4
+    other = intunlearn.quantize(residual_net(seed=9), weight_bits=4, calibration=images(8, seed=7))
+    x = images(5, seed=11)
+    assert not torch.equal(other(x), model(x))
+    intunlearn.load_integer_state_dict(other, state)
+    torch.testing.assert_close(other(x), model(x), rtol=0, atol=0)
+
+
+def test_loading_a_mismatched_state_fails_clearly():
+    state = intunlearn.integer_state_dict(intunlearn.quantize(mlp(), weight_bits=4, calibration=torch.randn(8, 12)))
+    eight_bit = intunlearn.quantize(mlp(), weight_bits=8, calibration=torch.randn(8, 12))
+    with pytest.raises(ValueError, match="4-bit weights, the model 8-bit"):
+        intunlearn.load_integer_state_dict(eight_bit, state)
+    with pytest.raises(ValueError, match="modules the model lacks"):
+        intunlearn.load_integer_state_dict(intunlearn.quantize(residual_net(), calibration=images(4)), state)
+
+
+def test_torch_compile_backend_forward_and_backward_fullgraph():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+    x = images(4)
+    compiled = torch.compile(model, backend="intunlearn", fullgraph=True)
+    out = compiled(x)
+    out.square().sum().backward()
+    compiled_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+
+    from intunlearn.compile import integer_conv2d, integer_linear
+    conv, fc = model[0], model[3]
+    eager = integer_linear(F.relu(integer_conv2d(x, conv.weight, conv.bias, 1, "same")).flatten(1), fc.weight, fc.bias)
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)
+    eager.square().sum().backward()
+    for got, want in zip(compiled_grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want)
+    assert (out - model(x)).abs().max() < 0.1 * model(x).abs().max()  # close to float, not equal
+    assert not torch.equal(out, model(x))
+
+
+class Gated(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x))
+
+
+@pytest.mark.parametrize("model, message", [
+    (nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4)), "layer '1' (LayerNorm) is not supported"),
+    (Gated(), "function sigmoid at node 'sigmoid' is not supported"),
+    (nn.Sequential(nn.BatchNorm2d(2), nn.Conv2d(2, 2, 1)), "BatchNorm2d '0' must directly follow a Conv2d"),
+    (nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")), "only explicit zero padding"),
+    (nn.Sequential(nn.AdaptiveAvgPool2d(2)), "only output_size 1"),
+])
+def test_unsupported_layers_are_named(model, message):
+    data = torch.randn(2, 2, 4, 4) if not isinstance(model, Gated) and not isinstance(model[0], nn.Linear) else torch.randn(2, 4)
+    with pytest.raises(NotImplementedError, match=re.escape(message)):
+        intunlearn.quantize(model, calibration=data)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(weight_bits=3), ValueError, "bits must be 4 or 8"),
+    (dict(act_bits=4), ValueError, "act_bits must be 8"),
+    (dict(keep_float=["nope"]), ValueError, "keep_float names modules that do not exist: ['nope']"),
+    (dict(calibration=[]), ValueError, "calibration must provide at least one batch"),
+])
+def test_quantize_rejects_bad_arguments(kwargs, error, message):
+    arguments = dict(calibration=torch.randn(4, 12))
+    arguments.update(kwargs)
+    with pytest.raises(error, match=re.escape(message)):
+        intunlearn.quantize(mlp(), **arguments)

@@ -1,0 +1,220 @@
+"""The unlearning experiment: train (or load) the quantized original model, unlearn the forget set
+with each method, evaluate every result in true integer arithmetic and in fake quantization, and
+compare with retraining.
+
+The original model and the retrained one follow one recipe: float pre-training, conversion with
+`intunlearn.quantize` (BN folded, ranges calibrated on training data), then quantization-aware
+training in the configured arithmetic. Both are cached on disk under a hash of everything they
+depend on. Finished methods are recorded in the output folder, so an interrupted run resumes
+where it stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import io
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+import intunlearn
+from intunlearn.io import write_bytes_atomic, write_json_atomic
+from intunlearn.models import build_model
+from intunlearn.unlearning.forget import forget_mask, parse_forget
+from intunlearn.unlearning.methods import UnlearnTask, get_method
+from intunlearn.unlearning.metrics import METRICS, average_gap, evaluate
+from intunlearn.unlearning.training import TrainConfig, predict_probabilities, train
+
+ARITHMETICS = ("integer", "fake")
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    dataset: str = "digits"
+    data_root: str | None = None
+    model: str = "cnn"
+    width: int | None = None
+    weight_bits: int = 4
+    arithmetic: str = "integer"  # what training and unlearning compute in: "integer" or "fake"
+    forget: str = "random:0.1"
+    methods: tuple[str, ...] = ("retrain", "ft", "ga", "rl", "sl", "qmul")
+    pretrain_epochs: int = 12
+    qat_epochs: int = 3
+    lr: float = 0.05
+    unlearn_epochs: int | None = None
+    unlearn_lr: float | None = None
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "cpu"
+    backend: str = "auto"
+
+    def validate(self):
+        if self.arithmetic not in ARITHMETICS:
+            raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}")
+        if self.weight_bits not in (4, 8):
+            raise ValueError(f"weight_bits must be 4 or 8, got {self.weight_bits!r}")
+        for name in self.methods:
+            get_method(name)
+        if not self.methods:
+            raise ValueError("methods must name at least one method")
+        return self
+
+
+def config_hash(values: dict) -> str:
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Experiment:
+    """One configuration's data, recipe and cache."""
+
+    def __init__(self, config: ExperimentConfig, cache_dir: Path, data=None):
+        self.config = config.validate()
+        self.cache_dir = Path(cache_dir)
+        self.device = torch.device(config.device)
+        if data is None:
+            from intunlearn.data import load_dataset
+            data = load_dataset(config.dataset, root=config.data_root, seed=config.seed)
+        self.data = data
+        self.spec = parse_forget(config.forget, data.num_classes)
+        mask = forget_mask(self.spec, data.y_train, config.seed)
+        to = lambda t: t.to(self.device)  # noqa: E731
+        self.x_forget, self.y_forget = to(data.x_train[mask]), to(data.y_train[mask])
+        self.x_retain, self.y_retain = to(data.x_train[~mask]), to(data.y_train[~mask])
+        self.x_test, self.y_test = to(data.x_test), to(data.y_test)
+
+    # ---- the recipe ------------------------------------------------------------------------
+
+    def _recipe_key(self, role: str, x) -> dict:
+        c = self.config
+        return {"version": CACHE_VERSION, "role": role, "dataset": c.dataset, "samples": len(x),
+                "model": c.model, "width": c.width, "weight_bits": c.weight_bits, "arithmetic": c.arithmetic,
+                "pretrain_epochs": c.pretrain_epochs, "qat_epochs": c.qat_epochs, "lr": c.lr,
+                "batch_size": c.batch_size, "seed": c.seed,
+                "forget": str(self.spec) if role == "retrain" else None}
+
+    def _fresh_float_model(self, seed):
+        torch.manual_seed(seed)
+        float_model = build_model(self.config.model, self.data.input_shape, self.data.num_classes,
+                                  self.config.width).to(self.device)
+        return float_model
+
+    def _quantize(self, float_model, x):
+        return intunlearn.quantize(float_model, weight_bits=self.config.weight_bits, calibration=x[:1024],
+                                   mode=self.config.arithmetic, backend=self.config.backend)
+
+    def run_recipe(self, x, y, seed: int, role: str):
+        """Float pre-training, conversion, quantization-aware training; cached on disk."""
+        key = self._recipe_key(role, x)
+        path = self.cache_dir / f"{role}-{config_hash(key)}.pt"
+        float_model = self._fresh_float_model(seed)
+        c = self.config
+        if path.exists():
+            model = self._quantize(float_model, x)
+            model.load_state_dict(torch.load(path, weights_only=True, map_location=self.device))
+            return model.eval()
+        train(float_model, x, y, TrainConfig(c.pretrain_epochs, c.lr, c.batch_size), seed=seed,
+              desc=f"{role}: float pre-training")
+        model = self._quantize(float_model, x)
+        train(model, x, y, TrainConfig(c.qat_epochs, c.lr * 0.1, c.batch_size), seed=seed + 1,
+              desc=f"{role}: quantization-aware training ({c.arithmetic})")
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        write_bytes_atomic(path, buffer.getvalue())
+        return model
+
+    def original(self):
+        return self.run_recipe(torch.cat([self.x_forget, self.x_retain]),
+                               torch.cat([self.y_forget, self.y_retain]), self.config.seed, "original")
+
+    def task(self) -> UnlearnTask:
+        c = self.config
+        return UnlearnTask(self.x_forget, self.y_forget, self.x_retain, self.y_retain, self.data.num_classes,
+                           self.spec.mode, c.seed,
+                           lambda x, y, seed: self.run_recipe(x, y, seed, "retrain"),
+                           epochs=c.unlearn_epochs, lr=c.unlearn_lr, batch_size=c.batch_size)
+
+    # ---- evaluation ------------------------------------------------------------------------
+
+    def evaluate(self, model) -> dict[str, dict[str, float]]:
+        """FA/RA/TA/MIA of the model in each arithmetic; the model's own mode is restored."""
+        modes = {m: m.mode for m in model.modules() if isinstance(m, intunlearn.modules.QuantModule)}
+        results = {}
+        for arithmetic in ARITHMETICS:
+            intunlearn.set_arithmetic(model, arithmetic)
+            probabilities = {name: predict_probabilities(model, x).cpu() for name, x in
+                             (("forget", self.x_forget), ("retain", self.x_retain), ("test", self.x_test))}
+            labels = {"forget": self.y_forget.cpu(), "retain": self.y_retain.cpu(), "test": self.y_test.cpu()}
+            results[arithmetic] = evaluate(probabilities, labels, self.config.seed)
+        for module, mode in modes.items():
+            module.mode = mode
+        return results
+
+
+def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None) -> dict:
+    """Run (or resume) the experiment; writes results.json, results.csv and results.png to out_dir."""
+    out_dir = Path(out_dir)
+    experiment = Experiment(config, cache_dir, data)
+    for name in config.methods:
+        get_method(name).check(experiment.task())
+    progress_path = out_dir / "progress.json"
+    key = config_hash(dataclasses.asdict(config))
+    progress = {"config_hash": key, "methods": {}}
+    if progress_path.exists():
+        saved = json.loads(progress_path.read_text())
+        if saved.get("config_hash") == key:
+            progress = saved
+
+    original = experiment.original()
+    if "original" not in progress["methods"]:
+        progress["methods"]["original"] = {"metrics": experiment.evaluate(original), "seconds": 0.0}
+    task = experiment.task()
+    for name in tqdm(config.methods, desc="methods", unit="method"):
+        if name in progress["methods"]:
+            continue
+        method = get_method(name)
+        start = time.perf_counter()
+        unlearned = method.unlearn(copy.deepcopy(original), task)
+        seconds = time.perf_counter() - start
+        entry = {"metrics": experiment.evaluate(unlearned), "seconds": seconds}
+        if hasattr(method, "history"):
+            entry["history"] = method.history
+        progress["methods"][name] = entry
+        write_json_atomic(progress_path, progress)
+
+    results = _summarise(config, progress["methods"], experiment)
+    write_json_atomic(out_dir / "results.json", results)
+    from intunlearn.unlearning.report import write_csv, write_plot
+    write_csv(out_dir / "results.csv", results)
+    write_plot(out_dir / "results.png", results)
+    return results
+
+
+def _summarise(config, entries, experiment) -> dict:
+    retrain = entries.get("retrain")
+    rows = []
+    for name in ("original", *config.methods):
+        entry = entries[name]
+        row = {"method": name, "seconds": round(entry["seconds"], 2)}
+        for arithmetic in ARITHMETICS:
+            metrics = dict(entry["metrics"][arithmetic])
+            metrics["gap"] = average_gap(metrics, retrain["metrics"][arithmetic]) if retrain else None
+            row[arithmetic] = metrics
+        if "history" in entry:
+            row["agr_history"] = entry["history"]
+        rows.append(row)
+    return {
+        "config": dataclasses.asdict(config),
+        "forget_samples": len(experiment.y_forget), "retain_samples": len(experiment.y_retain),
+        "test_samples": len(experiment.y_test), "metrics": list(METRICS),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "python": platform.python_version(), "torch": torch.__version__},
+        "rows": rows,
+    }

@@ -1,0 +1,79 @@
+"""Training and evaluation loops shared by the recipe and the unlearning methods."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from intunlearn.modules import sample_weights as record_sample_weights
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser settings of one training phase (SGD with momentum, cosine learning rate)."""
+
+    epochs: int
+    lr: float
+    batch_size: int = 64
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+
+
+def batches(count: int, batch_size: int, generator: torch.Generator):
+    """Shuffled index batches covering range(count)."""
+    return torch.randperm(count, generator=generator).split(batch_size)
+
+
+def make_optimizer(model, config: TrainConfig, steps: int):
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, max(1, steps))
+    return optimizer, schedule
+
+
+def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torch.Tensor | None = None,
+          loss_sign: float = 1.0, on_epoch_start: Callable[[int], torch.Tensor | None] | None = None):
+    """Mini-batch training of `model` on (x, y).
+
+    alpha [N]: per-sample loss weights, fused into the weight-gradient reductions; the batch
+    loss is sum_i alpha_i CE_i / batch size. on_epoch_start(epoch) may return a new alpha
+    (Q-MUL recomputes its weights every epoch). loss_sign=-1 ascends the loss (gradient ascent).
+    """
+    if config.epochs <= 0 or len(x) == 0:
+        return model
+    generator = torch.Generator().manual_seed(seed)
+    steps = config.epochs * -(-len(x) // config.batch_size)
+    optimizer, schedule = make_optimizer(model, config, steps)
+    model.train()
+    for epoch in tqdm(range(config.epochs), desc=desc, unit="epoch", leave=False):
+        if on_epoch_start is not None:
+            alpha = on_epoch_start(epoch)
+            model.train()
+        for batch in batches(len(x), config.batch_size, generator):
+            optimizer.zero_grad(set_to_none=True)
+            weights = None if alpha is None else alpha[batch]
+            with record_sample_weights(model, weights):
+                losses = F.cross_entropy(model(x[batch]), y[batch], reduction="none")
+            loss = losses.sum() / len(batch) if weights is not None else losses.mean()
+            (loss_sign * loss).backward()
+            optimizer.step()
+            schedule.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def predict_probabilities(model, x, batch_size: int = 512) -> torch.Tensor:
+    """Softmax outputs [N, classes] in eval mode."""
+    model.eval()
+    return torch.cat([F.softmax(model(part), dim=1) for part in x.split(batch_size)]) if len(x) else \
+        torch.empty(0, 0)
+
+
+def accuracy(probabilities: torch.Tensor, y: torch.Tensor) -> float:
+    if len(y) == 0:
+        return float("nan")
+    return float((probabilities.argmax(dim=1) == y).double().mean())

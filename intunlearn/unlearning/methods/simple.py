@@ -29,7 +29,7 @@ class FineTune(Method):
 class GradientAscent(Method):
     name = "ga"
     summary = "ascend the loss on the forget set"
-    default_epochs, default_lr = 3, 0.0005
+    default_epochs, default_lr = 5, 0.005
 
     def unlearn(self, model, task: UnlearnTask):
         config = TrainConfig(self.epochs(task), self.lr(task), task.batch_size, weight_decay=0.0)

@@ -1,0 +1,200 @@
+"""The unlearning engine: metric definitions on hand-made cases, the similar-label and AGR
+formulas, methods on a tiny problem, determinism, resuming, and errors."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import intunlearn
+from intunlearn.cli import main
+from intunlearn.data import Dataset
+from intunlearn.models import build_model
+from intunlearn.unlearning.engine import ExperimentConfig, run_experiment
+from intunlearn.unlearning.forget import forget_mask, parse_forget
+from intunlearn.unlearning.methods import METHODS, UnlearnTask, get_method
+from intunlearn.unlearning.methods.qmul import agr_weights, similar_labels
+from intunlearn.unlearning.metrics import average_gap, mia_efficacy
+from intunlearn.unlearning.training import TrainConfig, predict_probabilities, train
+
+# ---- metrics -----------------------------------------------------------------------------------
+
+
+def test_mia_separates_confident_members_from_unsure_non_members():
+    rng = np.random.default_rng(0)
+    members = rng.uniform(0.9, 1.0, 200)
+    nonmembers = rng.uniform(0.1, 0.5, 200)
+    assert mia_efficacy(members, nonmembers, rng.uniform(0.1, 0.5, 100)) > 0.95  # looks unseen: forgotten
+    assert mia_efficacy(members, nonmembers, rng.uniform(0.9, 1.0, 100)) < 0.05  # looks seen: remembered
+
+
+def test_mia_is_near_chance_on_identical_distributions():
+    rng = np.random.default_rng(1)
+    score = mia_efficacy(rng.uniform(0, 1, 400), rng.uniform(0, 1, 400), rng.uniform(0, 1, 400))
+    assert 0.2 < score < 0.8
+
+
+def test_average_gap_by_hand():
+    retrain = {"FA": 90.0, "RA": 100.0, "TA": 95.0, "MIA": 10.0}
+    assert average_gap({"FA": 100.0, "RA": 99.0, "TA": 95.0, "MIA": 2.0}, retrain) == pytest.approx((10 + 1 + 0 + 8) / 4)
+
+
+# ---- Q-MUL formulas ------------------------------------------------------------------------------
+
+
+def test_similar_labels_pick_the_wrong_class_closest_in_probability():
+    probabilities = torch.tensor([[0.10, 0.50, 0.38, 0.02],   # true 1 (0.50): 0.38 is closest
+                                  [0.40, 0.05, 0.15, 0.40],   # true 0 (0.40): class 3 ties exactly
+                                  [0.70, 0.10, 0.05, 0.15]])  # true 3 (0.15): 0.10 (0.05 away) vs 0.05
+    labels = torch.tensor([1, 0, 3])
+    assert similar_labels(probabilities, labels).tolist() == [2, 3, 1]
+
+
+def test_agr_weights_by_hand():
+    assert agr_weights(1.0, 3.0) == (0.75, 0.25)  # the side with the smaller gradient gets more weight
+    assert agr_weights(0.0, 0.0) == (0.5, 0.5)
+
+
+# ---- a tiny problem --------------------------------------------------------------------------
+
+
+def blobs(seed=0, per_class=40, classes=4):
+    """1x4x4 'images': class c lights pixel block c, except that class 2 looks like class 3
+    with a faint extra block: without class-2 examples its region falls to class 3."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(per_class * classes, 1, 4, 4, generator=g) * 0.3
+    y = torch.arange(classes).repeat_interleave(per_class)
+
+    def light(c, block, level):
+        x[y == c, 0, (block // 2) * 2:(block // 2) * 2 + 2, (block % 2) * 2:(block % 2) * 2 + 2] += level
+
+    for c in (0, 1, 3):
+        light(c, c, 0.7)
+    light(2, 3, 0.7)
+    light(2, 2, 0.25)
+    order = torch.randperm(len(y), generator=g)
+    return x[order], y[order]
+
+
+def tiny_dataset():
+    x, y = blobs(0)
+    x_test, y_test = blobs(1, per_class=10)
+    return Dataset("blobs", x, y, x_test, y_test, 4)
+
+
+def tiny_trained_model(x, y, seed=0):
+    torch.manual_seed(seed)
+    model = build_model("mlp", (1, 4, 4), 4, width=32)
+    train(model, x, y, TrainConfig(30, 0.05, 32), seed=seed, desc="tiny float")
+    model = intunlearn.quantize(model, weight_bits=4, calibration=x)
+    return train(model, x, y, TrainConfig(3, 0.005, 32), seed=seed, desc="tiny qat")
+
+
+# 160 samples make few steps per epoch: fine-tuning and gradient ascent get a larger budget.
+TINY_BUDGETS = {"ft": {"epochs": 8, "lr": 0.05}, "ga": {"epochs": 5, "lr": 0.05}}
+
+
+@pytest.mark.parametrize("name", [name for name in METHODS if name != "retrain"])
+def test_each_method_reduces_forget_accuracy_on_a_tiny_problem(name):
+    data = tiny_dataset()
+    mask = forget_mask(parse_forget("class:2", 4), data.y_train, seed=0)
+    original = tiny_trained_model(data.x_train, data.y_train)
+    task = UnlearnTask(data.x_train[mask], data.y_train[mask], data.x_train[~mask], data.y_train[~mask], 4,
+                       "class", 0, retrain_from_scratch=lambda x, y, seed: tiny_trained_model(x, y, seed),
+                       batch_size=32, **TINY_BUDGETS.get(name, {}))
+    before = (predict_probabilities(original, task.x_forget).argmax(1) == task.y_forget).float().mean()
+    unlearned = get_method(name).unlearn(copy.deepcopy(original), task)
+    after = (predict_probabilities(unlearned, task.x_forget).argmax(1) == task.y_forget).float().mean()
+    retained = (predict_probabilities(unlearned, task.x_retain).argmax(1) == task.y_retain).float().mean()
+    assert before > 0.9
+    assert after < before - 0.3, f"{name}: forget accuracy {before:.2f} -> {after:.2f}"
+    if name != "ga":  # gradient ascent alone does not protect the retain set
+        assert retained > 0.8
+
+
+def test_qmul_records_its_reweighting_history():
+    data = tiny_dataset()
+    mask = forget_mask(parse_forget("random:0.2", 4), data.y_train, seed=0)
+    original = tiny_trained_model(data.x_train, data.y_train)
+    method = get_method("qmul")
+    task = UnlearnTask(data.x_train[mask], data.y_train[mask], data.x_train[~mask], data.y_train[~mask], 4,
+                       "random", 0, retrain_from_scratch=None, epochs=2, batch_size=32)
+    method.unlearn(original, task)
+    assert len(method.history) == 2
+    for entry in method.history:
+        assert entry["w_f"] == pytest.approx(entry["G_r"] / (entry["G_f"] + entry["G_r"]))
+        assert entry["w_f"] + entry["w_r"] == pytest.approx(1.0)
+
+
+# ---- the runner --------------------------------------------------------------------------------
+
+
+def tiny_config(**overrides):
+    values = dict(dataset="blobs", model="mlp", width=16, forget="random:0.2", methods=("retrain", "ft", "qmul"),
+                  pretrain_epochs=8, qat_epochs=1, unlearn_epochs=1, batch_size=32)
+    values.update(overrides)
+    return ExperimentConfig(**values)
+
+
+def strip_times(results):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in results["rows"]]
+
+
+def test_run_is_deterministic_for_a_seed_and_writes_its_files(tmp_path):
+    first = run_experiment(tiny_config(), tmp_path / "a", tmp_path / "cache_a", data=tiny_dataset())
+    second = run_experiment(tiny_config(), tmp_path / "b", tmp_path / "cache_b", data=tiny_dataset())
+    assert strip_times(first) == strip_times(second)
+    assert [row["method"] for row in first["rows"]] == ["original", "retrain", "ft", "qmul"]
+    for name in ("results.json", "results.csv", "results.png", "progress.json"):
+        assert (tmp_path / "a" / name).stat().st_size > 0
+    retrain = first["rows"][1]
+    assert retrain["integer"]["gap"] == 0 and retrain["fake"]["gap"] == 0
+    assert set(first["rows"][2]["integer"]) == {"FA", "RA", "TA", "MIA", "gap"}
+
+
+def test_run_resumes_finished_methods_and_reuses_the_cached_original(tmp_path):
+    config = tiny_config(methods=("retrain", "ft"))
+    run_experiment(config, tmp_path / "out", tmp_path / "cache", data=tiny_dataset())
+    cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(cached) == 2 and all(name.endswith(".pt") for name in cached)  # original + retrain
+    progress_path = tmp_path / "out" / "progress.json"
+    progress = json.loads(progress_path.read_text())
+    progress["methods"]["ft"]["metrics"]["integer"]["FA"] = -1.0  # a marker only a resumed run keeps
+    progress_path.write_text(json.dumps(progress))
+    resumed = run_experiment(config, tmp_path / "out", tmp_path / "cache", data=tiny_dataset())
+    assert resumed["rows"][2]["integer"]["FA"] == -1.0
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == cached
+
+
+@pytest.mark.parametrize("spec", ["random:1.5", "random:x", "class:4", "class:", "class:0,1,2,3", "half"])
+def test_bad_forget_spec_is_refused(spec):
+    with pytest.raises(ValueError, match="forget"):
+        parse_forget(spec, 4)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="unknown method 'salsa'; available: retrain, ft, ga"):
+        ExperimentConfig(methods=("salsa",)).validate()
+
+
+def test_cli_reports_a_bad_dataset_path(tmp_path, capsys):
+    code = main(["run", "--dataset", f"npz:{tmp_path / 'missing.npz'}", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "missing.npz" in capsys.readouterr().err
+
+
+def test_cli_run_on_an_npz_file(tmp_path, capsys):
+    x, y = blobs(2)
+    x_test, y_test = blobs(3, per_class=10)
+    path = tmp_path / "blobs.npz"
+    np.savez(path, x=(x.numpy() * 255).astype(np.uint8), y=y.numpy(), x_test=(x_test.numpy() * 255).astype(np.uint8),
+             y_test=y_test.numpy())
+    code = main(["run", "--dataset", f"npz:{path}", "--model", "mlp", "--width", "16", "--methods", "retrain,ga,rl",
+                 "--epochs", "5", "--qat-epochs", "1", "--unlearn-epochs", "1", "--forget", "class:1",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "integer arithmetic" in printed and "fake quantization" in printed and "rl" in printed
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["forget"] == "class:1"

@@ -89,7 +89,38 @@ def _run_experiment(args) -> int:
     return 0
 
 
-COMMANDS = (_add_run, _add_demo)
+def _add_bench(subparsers) -> None:
+    parser = subparsers.add_parser("bench", help="benchmarks")
+    kinds = parser.add_subparsers(dest="kind", required=True)
+    e2e = kinds.add_parser("e2e", help="seconds per unlearning epoch: integer engine vs fake-quant vs float")
+    e2e.add_argument("--dataset", default="digits")
+    e2e.add_argument("--data-root", default=None)
+    e2e.add_argument("--model", default="cnn", choices=("mlp", "cnn", "resnet18"))
+    e2e.add_argument("--width", type=int, default=None)
+    e2e.add_argument("--weight-bits", type=int, choices=(4, 8), default=4)
+    e2e.add_argument("--method", default="rl")
+    e2e.add_argument("--forget", default="random:0.1")
+    e2e.add_argument("--repeats", type=int, default=3)
+    e2e.add_argument("--seed", type=int, default=0)
+    e2e.add_argument("--device", default="cpu")
+    e2e.add_argument("--json", metavar="PATH", help="also write the result as JSON to PATH")
+    e2e.set_defaults(handler=_run_bench_e2e)
+
+
+def _run_bench_e2e(args) -> int:
+    from intunlearn.bench import format_e2e, run_e2e
+    from intunlearn.io import write_json_atomic
+
+    result = run_e2e(dataset=args.dataset, data_root=args.data_root, model_name=args.model, width=args.width,
+                     weight_bits=args.weight_bits, method=args.method, forget=args.forget,
+                     repeats=args.repeats, seed=args.seed, device=args.device)
+    print(format_e2e(result))
+    if args.json:
+        write_json_atomic(args.json, result)
+    return 0
+
+
+COMMANDS = (_add_run, _add_bench, _add_demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

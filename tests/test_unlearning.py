@@ -16,7 +16,7 @@ from intunlearn.unlearning.engine import ExperimentConfig, run_experiment
 from intunlearn.unlearning.forget import forget_mask, parse_forget
 from intunlearn.unlearning.methods import METHODS, UnlearnTask, get_method
 from intunlearn.unlearning.methods.qmul import agr_weights, similar_labels
-from intunlearn.unlearning.metrics import average_gap, mia_efficacy
+from intunlearn.unlearning.metrics import average_gap, mia_efficacy, mia_nn
 from intunlearn.unlearning.training import TrainConfig, predict_probabilities, train
 
 # ---- metrics -----------------------------------------------------------------------------------
@@ -198,3 +198,26 @@ def test_cli_run_on_an_npz_file(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "integer arithmetic" in printed and "fake quantization" in printed and "rl" in printed
     assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["forget"] == "class:1"
+
+
+def test_mia_nn_detects_a_neighbour_signature_and_not_identical_distributions():
+    rng = np.random.default_rng(2)
+
+    def probabilities(n, neighbour_mass):
+        p = rng.dirichlet(np.ones(5), n) * 0.2
+        p[:, 1] += neighbour_mass  # class 1 neighbours the forgotten class 0
+        return torch.from_numpy(p / p.sum(1, keepdims=True))
+
+    leaky = mia_nn(probabilities(60, 0.8), probabilities(60, 0.1), [0], seed=0)
+    clean = mia_nn(probabilities(60, 0.4), probabilities(60, 0.4), [0], seed=0)
+    assert leaky > 90
+    assert 25 < clean < 75
+
+
+def test_classwise_run_reports_mia_nn_and_tests_on_remaining_classes(tmp_path):
+    results = run_experiment(tiny_config(forget="class:2", methods=("retrain", "rl")), tmp_path / "out",
+                             tmp_path / "cache", data=tiny_dataset())
+    assert results["metrics"] == ["FA", "RA", "TA", "MIA", "MIA-NN"]
+    assert results["test_samples"] == 30  # 4 classes x 10 test samples, class 2 left out
+    retrain = results["rows"][1]["integer"]
+    assert retrain["FA"] == 0.0 and 0 <= retrain["MIA-NN"] <= 100

@@ -29,7 +29,7 @@ from intunlearn.io import write_bytes_atomic, write_json_atomic
 from intunlearn.models import build_model
 from intunlearn.unlearning.forget import forget_mask, parse_forget
 from intunlearn.unlearning.methods import UnlearnTask, get_method
-from intunlearn.unlearning.metrics import METRICS, average_gap, evaluate
+from intunlearn.unlearning.metrics import METRICS, average_gap, evaluate, mia_nn
 from intunlearn.unlearning.training import TrainConfig, predict_probabilities, train
 
 ARITHMETICS = ("integer", "fake")
@@ -88,7 +88,11 @@ class Experiment:
         to = lambda t: t.to(self.device)  # noqa: E731
         self.x_forget, self.y_forget = to(data.x_train[mask]), to(data.y_train[mask])
         self.x_retain, self.y_retain = to(data.x_train[~mask]), to(data.y_train[~mask])
-        self.x_test, self.y_test = to(data.x_test), to(data.y_test)
+        # Class-wise forgetting: TA covers the remaining classes; the forgotten classes' test
+        # samples (never seen by any model) are what MIA-NN compares the forget set with.
+        forgotten = torch.isin(data.y_test, torch.tensor(self.spec.classes, dtype=data.y_test.dtype))
+        self.x_test, self.y_test = to(data.x_test[~forgotten]), to(data.y_test[~forgotten])
+        self.x_unseen, self.y_unseen = to(data.x_test[forgotten]), to(data.y_test[forgotten])
 
     # ---- the recipe ------------------------------------------------------------------------
 
@@ -153,6 +157,10 @@ class Experiment:
                              (("forget", self.x_forget), ("retain", self.x_retain), ("test", self.x_test))}
             labels = {"forget": self.y_forget.cpu(), "retain": self.y_retain.cpu(), "test": self.y_test.cpu()}
             results[arithmetic] = evaluate(probabilities, labels, self.config.seed)
+            if self.spec.mode == "class":
+                unseen = predict_probabilities(model, self.x_unseen).cpu()
+                results[arithmetic]["MIA-NN"] = mia_nn(probabilities["forget"], unseen, self.spec.classes,
+                                                       self.config.seed)
         for module, mode in modes.items():
             module.mode = mode
         return results
@@ -213,7 +221,8 @@ def _summarise(config, entries, experiment) -> dict:
     return {
         "config": dataclasses.asdict(config),
         "forget_samples": len(experiment.y_forget), "retain_samples": len(experiment.y_retain),
-        "test_samples": len(experiment.y_test), "metrics": list(METRICS),
+        "test_samples": len(experiment.y_test),
+        "metrics": list(METRICS) + (["MIA-NN"] if experiment.spec.mode == "class" else []),
         "machine": {"platform": platform.platform(), "processor": platform.processor(),
                     "python": platform.python_version(), "torch": torch.__version__},
         "rows": rows,

@@ -51,8 +51,20 @@ class QuantModule(nn.Module):
         self.observing = False
         self.sample_weights_for_backward = None
         self.register_buffer("observed_range", torch.tensor([math.inf, -math.inf], dtype=torch.float64))
-        self.register_buffer("output_scale", torch.tensor(1.0, dtype=torch.float64))
-        self.register_buffer("output_zero_point", torch.tensor(0, dtype=torch.int64))
+        self.register_qparams("output")
+
+    def register_qparams(self, prefix: str):
+        """Buffers `<prefix>_scale` and `<prefix>_zero_point` (saved in the state dict)."""
+        self.register_buffer(f"{prefix}_scale", torch.tensor(1.0, dtype=torch.float64))
+        self.register_buffer(f"{prefix}_zero_point", torch.tensor(0, dtype=torch.int64))
+
+    def qparams(self, prefix: str) -> qp.ActivationQParams:
+        return qp.ActivationQParams(float(getattr(self, f"{prefix}_scale")),
+                                    int(getattr(self, f"{prefix}_zero_point")))
+
+    def set_qparams(self, prefix: str, q: qp.ActivationQParams):
+        getattr(self, f"{prefix}_scale").fill_(q.scale)
+        getattr(self, f"{prefix}_zero_point").fill_(q.zero_point)
 
     def observe(self, output):
         low, high = self.observed_range.tolist()
@@ -62,11 +74,10 @@ class QuantModule(nn.Module):
 
     @property
     def output_qparams(self) -> qp.ActivationQParams:
-        return qp.ActivationQParams(float(self.output_scale), int(self.output_zero_point))
+        return self.qparams("output")
 
     def set_output_qparams(self, q: qp.ActivationQParams):
-        self.output_scale.fill_(q.scale)
-        self.output_zero_point.fill_(q.zero_point)
+        self.set_qparams("output", q)
 
     def freeze_observed_range(self):
         """Output parameters from the observed range (calibration)."""
@@ -76,13 +87,7 @@ class QuantModule(nn.Module):
         self.set_output_qparams(qp.choose_activation_qparams(low, high))
 
     def fake_quantize_output(self, y, act_min=-128, act_max=127):
-        """Quantize-dequantize to the output grid with a straight-through gradient that is
-        zero where the value was clamped."""
-        q = self.output_qparams
-        low, high = q.scale * (act_min - q.zero_point), q.scale * (act_max - q.zero_point)
-        clamped = y.clamp(low, high)
-        grid = qp.dequantize(qp.quantize(y.detach(), q.scale, q.zero_point, act_min, act_max), q.scale, q.zero_point)
-        return clamped + (grid.to(y.dtype) - clamped).detach()
+        return fake_quantize_activation(y, self.output_qparams, act_min, act_max)
 
 
 class InputQuantizer(QuantModule):
@@ -114,16 +119,14 @@ class _WeightedLayer(QuantModule):
             self.weight_scale = nn.Parameter(scales)
         else:
             self.register_buffer("weight_scale", scales)
-        self.register_buffer("input_scale", torch.tensor(1.0, dtype=torch.float64))
-        self.register_buffer("input_zero_point", torch.tensor(0, dtype=torch.int64))
+        self.register_qparams("input")
 
     @property
     def input_qparams(self) -> qp.ActivationQParams:
-        return qp.ActivationQParams(float(self.input_scale), int(self.input_zero_point))
+        return self.qparams("input")
 
     def set_input_qparams(self, q: qp.ActivationQParams):
-        self.input_scale.fill_(q.scale)
-        self.input_zero_point.fill_(q.zero_point)
+        self.set_qparams("input", q)
 
     def activation_range(self) -> tuple[int, int]:
         """The clamp that folds the activation: ReLU clamps at real 0, ReLU6 also at real 6."""
@@ -174,11 +177,12 @@ class _WeightedLayer(QuantModule):
                 q_out.zero_point, act_min, act_max, self.weight_bits, self.rounding, self.backend)
 
 
-def fake_quantize_activation(x, q: qp.ActivationQParams):
-    """Input quantize-dequantize with a straight-through gradient, zero where saturated."""
-    low, high = q.scale * (-128 - q.zero_point), q.scale * (127 - q.zero_point)
+def fake_quantize_activation(x, q: qp.ActivationQParams, act_min=-128, act_max=127):
+    """Quantize-dequantize onto the int8 grid of q, clamped to [act_min, act_max], with a
+    straight-through gradient that is zero where the value was clamped."""
+    low, high = q.scale * (act_min - q.zero_point), q.scale * (act_max - q.zero_point)
     clamped = x.clamp(low, high)
-    grid = qp.dequantize(qp.quantize(x.detach(), q.scale, q.zero_point, -128, 127), q.scale, q.zero_point)
+    grid = qp.dequantize(qp.quantize(x.detach(), q.scale, q.zero_point, act_min, act_max), q.scale, q.zero_point)
     return clamped + (grid.to(x.dtype) - clamped).detach()
 
 
@@ -325,16 +329,14 @@ class QuantAdd(QuantModule):
         if activation not in (None, "relu"):
             raise ValueError(f"QuantAdd activation must be None or 'relu', got {activation!r}")
         self.activation = activation
-        for name in ("a", "b"):
-            self.register_buffer(f"{name}_scale", torch.tensor(1.0, dtype=torch.float64))
-            self.register_buffer(f"{name}_zero_point", torch.tensor(0, dtype=torch.int64))
+        self.register_qparams("a")
+        self.register_qparams("b")
 
     def input_qparams(self, name) -> qp.ActivationQParams:
-        return qp.ActivationQParams(float(getattr(self, f"{name}_scale")), int(getattr(self, f"{name}_zero_point")))
+        return self.qparams(name)
 
     def set_input_qparams(self, name, q: qp.ActivationQParams):
-        getattr(self, f"{name}_scale").fill_(q.scale)
-        getattr(self, f"{name}_zero_point").fill_(q.zero_point)
+        self.set_qparams(name, q)
 
     def activation_range(self):
         return (max(-128, int(self.output_zero_point)) if self.activation == "relu" else -128), 127

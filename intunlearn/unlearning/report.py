@@ -62,7 +62,7 @@ def write_plot(path, results: dict) -> None:
         panel.set_xticks(list(positions), names)
         panel.set_ylabel(label)
         panel.grid(axis="y", alpha=0.3)
-    axes[0].legend(title="evaluated in")
+    axes[0].legend(title="evaluated in", loc="lower left")
     config = results["config"]
     figure.suptitle(f"{config['dataset']} / {config['model']} / {config['weight_bits']}-bit weights, "
                     f"forget {config['forget']}, unlearned in {config['arithmetic']} arithmetic")

@@ -36,18 +36,40 @@ def make_optimizer(model, config: TrainConfig, steps: int):
 
 
 def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torch.Tensor | None = None,
-          loss_sign: float = 1.0, on_epoch_start: Callable[[int], torch.Tensor | None] | None = None):
+          loss_sign: float = 1.0, on_epoch_start: Callable[[int], torch.Tensor | None] | None = None,
+          extra_loss: Callable[[torch.nn.Module, int], torch.Tensor] | None = None,
+          gradient_mask: dict[str, torch.Tensor] | None = None):
     """Mini-batch training of `model` on (x, y).
 
+    y: class indices [N], or class probabilities [N, classes] (soft labels).
     alpha [N]: per-sample loss weights, fused into the weight-gradient reductions; the batch
     loss is sum_i alpha_i CE_i / batch size. on_epoch_start(epoch) may return a new alpha
     (Q-MUL recomputes its weights every epoch). loss_sign=-1 ascends the loss (gradient ascent).
+    extra_loss(model, epoch): a term added to every batch's objective as is (not multiplied by
+    loss_sign), e.g. an l1 penalty on the weights.
+    gradient_mask {parameter name: bool tensor of the parameter's shape}: only the True entries
+    of those parameters are trained. Their gradients are masked before each optimizer step and
+    the False entries are put back to their values after it, so that neither weight decay nor
+    momentum moves them: they stay bit-identical. Parameters not named are trained in full.
     """
     if config.epochs <= 0 or len(x) == 0:
         return model
     generator = torch.Generator().manual_seed(seed)
     steps = config.epochs * -(-len(x) // config.batch_size)
     optimizer, schedule = make_optimizer(model, config, steps)
+    masked = []
+    if gradient_mask is not None:
+        parameters = dict(model.named_parameters())
+        unknown = sorted(set(gradient_mask) - set(parameters))
+        if unknown:
+            raise ValueError(f"gradient_mask names parameters the model does not have: {unknown}")
+        for name, mask in gradient_mask.items():
+            parameter = parameters[name]
+            if mask.shape != parameter.shape:
+                raise ValueError(f"gradient_mask[{name!r}] has shape {tuple(mask.shape)}; "
+                                 f"expected {tuple(parameter.shape)}")
+            mask = mask.to(device=parameter.device, dtype=torch.bool)
+            masked.append((parameter, mask, parameter.detach().clone()))
     model.train()
     for epoch in tqdm(range(config.epochs), desc=desc, unit="epoch", leave=False):
         if on_epoch_start is not None:
@@ -59,8 +81,17 @@ def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torc
             with record_sample_weights(model, weights):
                 losses = F.cross_entropy(model(x[batch]), y[batch], reduction="none")
             loss = losses.sum() / len(batch) if weights is not None else losses.mean()
-            (loss_sign * loss).backward()
+            objective = loss_sign * loss
+            if extra_loss is not None:
+                objective = objective + extra_loss(model, epoch)
+            objective.backward()
+            for parameter, mask, _ in masked:
+                if parameter.grad is not None:
+                    parameter.grad.mul_(mask)
             optimizer.step()
+            with torch.no_grad():
+                for parameter, mask, frozen in masked:
+                    parameter.copy_(torch.where(mask, parameter, frozen))
             schedule.step()
     return model.eval()
 

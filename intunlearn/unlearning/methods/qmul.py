@@ -8,8 +8,9 @@ map the chosen index back past the removed true class; this implements the rule 
 Adaptive gradient reweighting (AGR): every epoch, G_f and G_r are the means over batches of the
 sum of per-parameter-tensor L2 gradient norms on the relabelled forget data and on the retain
 data; forget samples get weight w_f = G_r / (G_f + G_r) and retain samples w_r = G_f / (G_f +
-G_r). The weights reach the kernels as per-sample weights, fused into the weight-gradient
-reductions (`intunlearn.sample_weights`).
+G_r). The objective is w_f * L_f + w_r * L_r with L_f, L_r the mean losses on the forget and
+retain data; in shuffled mixed batches this is per-sample weights w_f * N / N_f and w_r * N / N_r,
+which reach the kernels fused into the weight-gradient reductions (`intunlearn.sample_weights`).
 """
 
 from __future__ import annotations
@@ -74,7 +75,10 @@ class QMUL(SimilarLabels):
             retain_norm = mean_gradient_norm(model, task.x_retain, task.y_retain, task.batch_size, seed)
             w_f, w_r = agr_weights(forget_norm, retain_norm)
             self.history.append({"epoch": epoch, "G_f": forget_norm, "G_r": retain_norm, "w_f": w_f, "w_r": w_r})
-            return torch.where(is_forget, w_f, w_r).float()
+            # Per-sample weights whose batch loss sum_i alpha_i CE_i / B is, in expectation over
+            # the shuffle, w_f * mean forget CE + w_r * mean retain CE (Q-MUL's weighted objective).
+            return torch.where(is_forget, w_f * len(x) / len(task.x_forget),
+                               w_r * len(x) / len(task.x_retain)).float()
 
         config = TrainConfig(self.epochs(task), self.lr(task), task.batch_size)
         return train(model, x, y, config, seed=task.seed, desc=self.name, on_epoch_start=reweight)

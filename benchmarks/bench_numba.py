@@ -5,9 +5,11 @@
 Reports GOPS (2 * MACs / s, best of several runs after a warm-up that compiles) for:
 exact int8 GEMM 1024^3 (intunlearn) vs torch.mm float32, torch._int_mm, quantized linear
 (x86/fbgemm and qnnpack engines); packed-int4-weight GEMM; int8 conv2d on ResNet-18 CIFAR layer
-shapes (batch 128) vs torch conv2d float32; STE backward time vs forward time. Also checks that
-fbgemm's int8 linear is *not* exact on an input where vpmaddubsw saturates int16 pair sums, while
-intunlearn is. Writes benchmarks/results/numba-cpu-<date>.json with the machine description.
+shapes (batch 128) vs torch conv2d float32; STE backward time vs forward time; the micro-kernel's
+instruction counts. The exactness probe reads each engine's int32 accumulator 1:1 (scales 1, a
+small K) on an input where vpmaddubsw (u8 x s8 pairs summed in saturating int16, the AVX2 path
+of fbgemm / oneDNN) saturates, under the default dispatch and with the engines forced to AVX2.
+Writes benchmarks/results/numba-cpu-<date>.json with the machine description.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import datetime
 import json
 import os
 import platform
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -29,14 +34,18 @@ from intunlearn import reference as spec
 from intunlearn.backends import numba_cpu
 
 
-def best_time(fn, repeats):
-    fn()  # warm-up (compiles / loads caches)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def best_times(fns, repeats):
+    """{name: best seconds} with the callables timed round-robin (after one warm-up call each),
+    so that a burst of load from another process hits every contender alike."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    best = {name: float("inf") for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def cpu_model():
@@ -91,53 +100,122 @@ def gemm_benchmarks(size, repeats, results):
         run, _ = torch_quantized_linear(engine, a_f + 128 - 128, w8.float())
         if run is not None:
             entries[f"torch quantized linear ({engine})"] = run
+    runnable = {}
     timings = {}
     for name, fn in entries.items():
         try:
-            seconds = best_time(fn, repeats if "_int_mm" not in name else 1)
+            fn()
+            runnable[name] = fn
         except Exception as error:  # an engine missing on this build
             timings[name] = {"error": repr(error)}
-            continue
+    for name, seconds in best_times(runnable, repeats).items():
         timings[name] = {"seconds": seconds, "gops": ops_count / seconds / 1e9}
     base = timings["torch.mm float32"]["seconds"]
     for entry in timings.values():
         if "seconds" in entry:
             entry["speedup_vs_torch_mm_f32"] = base / entry["seconds"]
-    results["gemm"] = {"shape": [m, n, k], "timings": timings}
+    int8 = timings["intunlearn int8 (exact)"]["seconds"]
+    for entry in timings.values():
+        if "seconds" in entry:  # how much faster intunlearn's int8 GEMM is than this entry
+            entry["intunlearn_int8_speedup_over_this"] = entry["seconds"] / int8
+    results["gemm"] = {"shape": [m, n, k], "timings": timings,
+                       "int4_speedup_vs_int8": int8 / timings["intunlearn int4 packed (exact)"]["seconds"]}
+
+
+# --------------------------------------------------------------------------------------------
+# Exactness probe: does an engine saturate u8 x s8 pair sums at int16 (vpmaddubsw)?
+# --------------------------------------------------------------------------------------------
+# x = 127 as quint8 255 with zero point 128 (the u8 operand is 255), w = (-128, -128, 127, 127,
+# 1, 0): the first pair's products sum to 255 * -256 = -65280 and the second to 255 * 254 =
+# 64770, both outside int16. Exact accumulator: sum (x_q - 128) * w = 127 * -1 = -127.
+# vpmaddubsw gives -32768 + 32767 + 255 - 128 * sum(w) = 382. With input, weight and output
+# scales ~1 and output zero point 128 every accumulator in [-128, 127] maps 1:1 to the output
+# (the output scale is 1 + 2**-20, not 1, because qnnpack requires a requantization scale < 1),
+# so the output *is* the accumulator; a saturated one shows up clamped at 127.
+# A control channel w = (1, 0, 0, 0, 0, 0) (no saturation possible) must read 127.
+
+PROBE_WEIGHTS = [[-128, -128, 127, 127, 1, 0], [1, 0, 0, 0, 0, 0]]
+PROBE_EXACT = [-127, 127]
+PROBE_ENVIRONMENTS = {  # how each engine can be forced onto its AVX2 (pre-VNNI) code path
+    "default dispatch": {},
+    "FBGEMM_ENABLE_INSTRUCTIONS=AVX2": {"FBGEMM_ENABLE_INSTRUCTIONS": "AVX2"},
+    "ONEDNN_MAX_CPU_ISA=AVX2": {"ONEDNN_MAX_CPU_ISA": "AVX2"},
+}
+
+
+def exactness_probe():
+    """The probe in this process: {engine: outputs / verdict}. Run per environment."""
+    record = {"torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    k = len(PROBE_WEIGHTS[0])
+    x_float = torch.full((1, k), 127.0)
+    w_float = torch.tensor(PROBE_WEIGHTS, dtype=torch.float32)
+    for engine in ("x86", "fbgemm", "onednn", "qnnpack"):
+        if engine not in torch.backends.quantized.supported_engines:
+            continue
+        try:
+            torch.backends.quantized.engine = engine
+            qx = torch.quantize_per_tensor(x_float, 1.0, 128, torch.quint8)
+            qw = torch.quantize_per_tensor(w_float, 1.0, 0, torch.qint8)
+            packed = torch.ops.quantized.linear_prepack(qw, None)
+            y = torch.ops.quantized.linear(qx, packed, 1.0 + 2.0**-20, 128)
+            got = [int(v) for v in y.int_repr()[0].tolist()]
+            got = [v - 128 for v in got]
+            record[engine] = {"accumulators_read": got, "exact": PROBE_EXACT,
+                              "verdict": "matches" if got == PROBE_EXACT else "differs"}
+        except Exception as error:  # noqa: BLE001 - an engine missing or refusing the case
+            record[engine] = {"error": repr(error)[:200]}
+    # torch._int_mm: s8 x s8 -> s32 (K = 64, a multiple of 8 as it requires).
+    x = torch.full((32, 64), 127, dtype=torch.int8)
+    w = torch.tensor(PROBE_WEIGHTS[0][:4] * 16, dtype=torch.int8).repeat(32, 1)
+    w[1::2] = -128
+    try:
+        got = torch._int_mm(x, w.t().contiguous()).numpy().astype(np.int64)
+        exact = x.numpy().astype(np.int64) @ w.numpy().astype(np.int64).T
+        record["torch._int_mm"] = {"max_abs_error": int(np.abs(got - exact).max()),
+                                   "verdict": "matches" if np.array_equal(got, exact) else "differs"}
+    except Exception as error:  # noqa: BLE001
+        record["torch._int_mm"] = {"error": repr(error)[:200]}
+    return record
+
+
+def intunlearn_probe():
+    """The same accumulators through intunlearn (x = 127, z_x = 0, M = 1: output = acc)."""
+    x = torch.full((1, len(PROBE_WEIGHTS[0])), 127, dtype=torch.int8)
+    w = torch.tensor(PROBE_WEIGHTS, dtype=torch.int8)
+    params = dict(input_zero_point=0, output_zero_point=0,
+                  multiplier=torch.tensor([1 << 30], dtype=torch.int32),
+                  shift=torch.tensor([1], dtype=torch.int32))
+    record = {}
+    for isa in ("vnni", "generic"):
+        try:
+            numba_cpu.FORCE_ISA = isa
+            got = [int(v) for v in ops.qlinear(x, w, None, **params, backend="numba")[0]]
+        except ValueError as error:  # the VNNI kernel on a machine without VNNI
+            record[isa] = {"error": str(error)}
+            continue
+        finally:
+            numba_cpu.FORCE_ISA = None
+        record[isa] = {"accumulators_read": got, "exact": PROBE_EXACT,
+                       "verdict": "matches" if got == PROBE_EXACT else "differs"}
+    oracle = spec.qlinear(x.numpy(), w.numpy(), None, input_zero_point=0, output_zero_point=0,
+                          multiplier=np.array([1 << 30]), shift=np.array([1]))
+    record["oracle"] = [int(v) for v in oracle[0]]
+    return record
 
 
 def exactness_check(results):
-    """An input where vpmaddubsw-based int8 GEMMs (fbgemm / oneDNN on AVX2) saturate."""
-    k = 64
-    x_float = torch.full((1, k), 127.0)  # quint8 255 with zero point 128: u8 operand 255
-    w_float = torch.full((1, k), 127.0)
-    x = torch.full((1, k), 127, dtype=torch.int8)
-    w = torch.full((1, k), 127, dtype=torch.int8)
-    exact = int((x.long() + 0) @ w.long().t())  # sum (x - z_x) w with z_x = 0: 64 * 127 * 127
-    mine = ops.qlinear(x, w, None, input_zero_point=0, output_zero_point=0,
-                       multiplier=torch.tensor([1 << 30], dtype=torch.int32),
-                       shift=torch.tensor([-20], dtype=torch.int32), backend="numba")
-    oracle = spec.qlinear(x.numpy(), w.numpy(), None, input_zero_point=0, output_zero_point=0,
-                          multiplier=np.array([1 << 30]), shift=np.array([-20]))
-    record = {"input": "x = 127 (quint8 255, zero point 128), w = 127, K = 64",
-              "exact_accumulator": exact,
-              "intunlearn_matches_oracle": bool(np.array_equal(mine.numpy(), oracle))}
-    for engine in ("x86", "fbgemm", "qnnpack", "onednn"):
-        run, layer = torch_quantized_linear(engine, x_float, w_float)
-        if run is None:
-            continue
-        layer.scale = 1.0
+    record = {"input": "x = 127 (quint8 255, zero point 128), w rows " + json.dumps(PROBE_WEIGHTS)
+                       + ", all scales 1: output = int32 accumulator",
+              "exact_accumulators": PROBE_EXACT,
+              "vpmaddubsw_would_give": [382, 127],
+              "intunlearn": intunlearn_probe(), "torch": {}}
+    for label, env in PROBE_ENVIRONMENTS.items():
         try:
-            value = float(run().dequantize()[0, 0])
-        except Exception as error:
-            record[engine] = {"error": repr(error)}
-            continue
-        # With output scale 1.0 the int8 output saturates; compare the real accumulator instead.
-        torch.backends.quantized.engine = engine
-        qx = torch.quantize_per_tensor(x_float, 1.0, 128, torch.quint8)
-        y = torch.ops.quantized.linear(qx, layer._packed_params._packed_params, 2.0**14, 0)
-        acc = float(y.dequantize()[0, 0])
-        record[engine] = {"accumulator_via_output_scale_2^14": acc, "exact": acc == round(exact / 2**14) * 2**14}
+            done = subprocess.run([sys.executable, __file__, "--exactness-probe"], capture_output=True,
+                                  text=True, timeout=120, env={**os.environ, **env})
+            record["torch"][label] = json.loads(done.stdout.strip().splitlines()[-1])
+        except Exception as error:  # noqa: BLE001
+            record["torch"][label] = {"error": repr(error)[:200]}
     results["exactness"] = record
 
 
@@ -162,8 +240,10 @@ def conv_benchmarks(batch, repeats, results, layers):
         x_f, w_f = x.float(), w.float()
         out_size = (size + 2 - 3) // stride + 1
         ops_count = 2 * batch * cout * out_size * out_size * cin * 9
-        mine = best_time(lambda: ops.qconv2d(x, w, None, **params, backend="numba"), repeats)
-        peer = best_time(lambda: torch.nn.functional.conv2d(x_f, w_f, stride=stride, padding=1), repeats)
+        best = best_times({
+            "mine": lambda: ops.qconv2d(x, w, None, **params, backend="numba"),
+            "peer": lambda: torch.nn.functional.conv2d(x_f, w_f, stride=stride, padding=1)}, repeats)
+        mine, peer = best["mine"], best["peer"]
         rows.append({"layer": name, "batch": batch, "intunlearn_seconds": mine,
                      "intunlearn_gops": ops_count / mine / 1e9, "torch_conv2d_f32_seconds": peer,
                      "torch_gops": ops_count / peer / 1e9, "speedup_vs_torch_f32": peer / mine})
@@ -180,11 +260,13 @@ def backward_benchmarks(repeats, results, size, conv_layer, batch):
     y = ops.qlinear(x, w, None, **params, backend="numba")
     g = torch.randn(size, size)
     alpha = torch.rand(size)
-    fwd = best_time(lambda: ops.qlinear(x, w, None, **params, backend="numba"), repeats)
-    bwd = best_time(lambda: numba_cpu.qlinear_backward(
-        g, y, x, w, in_features=size, input_zero_point=-3, input_scale=0.05,
-        weight_scales=torch.full((size,), 0.01), act_min=-128, act_max=127, sample_weights=alpha),
-        repeats)
+    best = best_times({
+        "fwd": lambda: ops.qlinear(x, w, None, **params, backend="numba"),
+        "bwd": lambda: numba_cpu.qlinear_backward(
+            g, y, x, w, in_features=size, input_zero_point=-3, input_scale=0.05,
+            weight_scales=torch.full((size,), 0.01), act_min=-128, act_max=127,
+            sample_weights=alpha)}, repeats)
+    fwd, bwd = best["fwd"], best["bwd"]
     out["linear"] = {"shape": [size, size, size], "forward_seconds": fwd, "backward_seconds": bwd,
                      "backward_over_forward": bwd / fwd}
     name, cin, cout, hw, stride = conv_layer
@@ -194,15 +276,71 @@ def backward_benchmarks(repeats, results, size, conv_layer, batch):
     y = ops.qconv2d(x, w, None, **params, backend="numba")
     g = torch.randn(y.shape)
     alpha = torch.rand(batch)
-    fwd = best_time(lambda: ops.qconv2d(x, w, None, **params, backend="numba"), repeats)
-    bwd = best_time(lambda: numba_cpu.qconv2d_backward(
-        g, y, x, w, weight_shape=tuple(w.shape), stride=(stride, stride), padding=(1, 1, 1, 1),
-        dilation=(1, 1), groups=1, input_zero_point=-5, input_scale=0.05,
-        weight_scales=torch.full((cout,), 0.01), act_min=-128, act_max=127, sample_weights=alpha),
-        repeats)
+    best = best_times({
+        "fwd": lambda: ops.qconv2d(x, w, None, **params, backend="numba"),
+        "bwd": lambda: numba_cpu.qconv2d_backward(
+            g, y, x, w, weight_shape=tuple(w.shape), stride=(stride, stride),
+            padding=(1, 1, 1, 1), dilation=(1, 1), groups=1, input_zero_point=-5,
+            input_scale=0.05, weight_scales=torch.full((cout,), 0.01), act_min=-128,
+            act_max=127, sample_weights=alpha)}, repeats)
+    fwd, bwd = best["fwd"], best["bwd"]
     out["conv2d"] = {"layer": name, "batch": batch, "forward_seconds": fwd, "backward_seconds": bwd,
                      "backward_over_forward": bwd / fwd}
     results["backward"] = out
+
+
+def cpu_flags():
+    wanted = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                present = set(line.split(":", 1)[1].split())
+                return {flag: flag in present for flag in wanted}
+    except OSError:
+        pass
+    return {}
+
+
+def load_average():
+    try:
+        return list(os.getloadavg())
+    except OSError:
+        return None
+
+
+def assembly_check():
+    """Instruction counts in the micro-kernels' hot loop (the basic blocks that multiply)."""
+    from intunlearn.kernels.cpu import microkernel
+
+    names = ("vpdpbusd", "vpdpwssd", "vpmaddwd", "vpmaddubsw", "vpmulld")
+    report = {}
+    for isa in ("vnni", "generic"):
+        if isa == "vnni" and not microkernel.has_vnni512():
+            continue
+        asm = microkernel.kernel_assembly(isa)
+        blocks = re.split(r"\n(?=\.?LBB|\S+:)", asm)
+        hot = [b for b in blocks if re.search(r"\b(vpdpbusd|vpdpwssd|vpmaddwd|vpmulld)\b", b)]
+        report[isa] = {name: sum(len(re.findall(rf"\b{name}\b", b)) for b in hot)
+                       for name in names}
+        report[isa]["hot_blocks"] = len(hot)
+    return report
+
+
+def targets(results):
+    """The performance targets of issue #3, each with the measured value and met / missed."""
+    timings = results["gemm"]["timings"]
+    conv = [row["speedup_vs_torch_f32"] for row in results["conv2d"]]
+    backward = results["backward"]
+    measured = {
+        "int8 GEMM vs torch.mm f32 >= 2.0": (timings["intunlearn int8 (exact)"]["speedup_vs_torch_mm_f32"], 2.0, ">="),
+        "int4 GEMM vs int8 GEMM >= 1.1": (results["gemm"]["int4_speedup_vs_int8"], 1.1, ">="),
+        "int8 conv2d vs torch conv2d f32 (every layer) >= 1.5": (min(conv), 1.5, ">="),
+        "linear backward / forward <= 2.5": (backward["linear"]["backward_over_forward"], 2.5, "<="),
+        "conv2d backward / forward <= 2.5": (backward["conv2d"]["backward_over_forward"], 2.5, "<="),
+    }
+    return {name: {"measured": round(value, 3),
+                   "met": value >= bound if op == ">=" else value <= bound}
+            for name, (value, bound, op) in measured.items()}
 
 
 def main():
@@ -210,24 +348,39 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smaller shapes, fewer repeats")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument("--exactness-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.exactness_probe:  # child process of exactness_check, under a forced ISA
+        print(json.dumps(exactness_probe()))
+        return
     if args.threads:
         numba.set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
-    size, batch, repeats = (512, 32, 2) if args.quick else (1024, 128, 3)
+    size, batch, repeats = (512, 32, 2) if args.quick else (1024, 128, 7)
+    import llvmlite
     results = {
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "numba_threads": numba.get_num_threads(),
+        "machine": {"cpu": cpu_model(), "cpu_flags": cpu_flags(), "cores": os.cpu_count(),
+                    "load_average_at_start": load_average(),
+                    "numba_threads": numba.get_num_threads(),
                     "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "numba": numba.__version__, "numpy": np.__version__,
-                    "python": platform.python_version(), "host_cpu_llvm": _host_cpu(),
+                    "numba": numba.__version__, "llvmlite": llvmlite.__version__,
+                    "numpy": np.__version__, "python": platform.python_version(),
+                    "host_cpu_llvm": _host_cpu(), "intunlearn_kernel": numba_cpu.kernel_isa(),
+                    "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "env": {k: os.environ[k] for k in os.environ if k.startswith(("OPENBLAS", "OMP", "MKL", "NUMBA"))}},
+                    "env": {k: os.environ[k] for k in os.environ
+                            if k.startswith(("OPENBLAS", "OMP", "MKL", "NUMBA", "INTUNLEARN"))}},
         "args": {"quick": args.quick, "size": size, "batch": batch, "repeats": repeats},
     }
+    started = time.perf_counter()
     exactness_check(results)
+    results["assembly"] = assembly_check()
     gemm_benchmarks(size, repeats, results)
     conv_benchmarks(batch, repeats, results, RESNET18_CIFAR)
     backward_benchmarks(repeats, results, size, RESNET18_CIFAR[2], batch)
+    results["machine"]["load_average_at_end"] = load_average()
+    results["targets"] = targets(results)
+    results["wall_seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"numba-cpu-{datetime.date.today().isoformat()}.json"
     path.write_text(json.dumps(results, indent=2))
@@ -244,13 +397,20 @@ def _host_cpu():
 
 
 def print_table(results):
-    print("| GEMM %s | seconds | GOPS | x torch.mm f32 |" % "x".join(map(str, results["gemm"]["shape"])))
-    print("| --- | --- | --- | --- |")
+    machine = results["machine"]
+    print(f"{machine['cpu']}, {machine['cores']} cores, kernel {machine['intunlearn_kernel']}, "
+          f"load average {machine['load_average_at_start']} -> {machine['load_average_at_end']}")
+    print()
+    print("| GEMM %s | ms | GOPS | x torch.mm f32 | intunlearn int8 speedup over it |"
+          % "x".join(map(str, results["gemm"]["shape"])))
+    print("| --- | --- | --- | --- | --- |")
     for name, entry in results["gemm"]["timings"].items():
         if "seconds" in entry:
-            print(f"| {name} | {entry['seconds']:.4f} | {entry['gops']:.1f} | {entry['speedup_vs_torch_mm_f32']:.2f} |")
+            print(f"| {name} | {entry['seconds'] * 1e3:.2f} | {entry['gops']:.1f} | "
+                  f"{entry['speedup_vs_torch_mm_f32']:.2f} | {entry['intunlearn_int8_speedup_over_this']:.2f} |")
         else:
-            print(f"| {name} | error | | |")
+            print(f"| {name} | error | | | |")
+    print(f"\nint4 / int8 speed: {results['gemm']['int4_speedup_vs_int8']:.2f}x")
     print()
     print("| conv2d 3x3 pad 1, batch %d | intunlearn GOPS | torch f32 GOPS | speedup |" % results["args"]["batch"])
     print("| --- | --- | --- | --- |")
@@ -260,7 +420,21 @@ def print_table(results):
     for kind, entry in results["backward"].items():
         print(f"backward {kind}: forward {entry['forward_seconds']*1e3:.1f} ms, backward "
               f"{entry['backward_seconds']*1e3:.1f} ms, ratio {entry['backward_over_forward']:.2f}")
-    print("exactness:", json.dumps(results["exactness"]))
+    print()
+    for name, entry in results["targets"].items():
+        print(f"target {name}: {entry['measured']} -> {'met' if entry['met'] else 'MISSED'}")
+    print()
+    print("hot-loop instructions:", json.dumps(results["assembly"]))
+    exactness = results["exactness"]
+    print("exactness probe (exact accumulators %s):" % exactness["exact_accumulators"])
+    for isa, entry in exactness["intunlearn"].items():
+        if isa != "oracle":
+            print(f"  intunlearn {isa}: {entry.get('verdict', entry)} {entry.get('accumulators_read', '')}")
+    for label, engines in exactness["torch"].items():
+        for engine, entry in engines.items():
+            if isinstance(entry, dict):
+                print(f"  [{label}] {engine}: {entry.get('verdict', entry.get('error'))} "
+                      f"{entry.get('accumulators_read', '')}")
 
 
 if __name__ == "__main__":

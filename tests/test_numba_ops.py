@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from intunlearn import ops
@@ -120,3 +120,111 @@ def test_numba_qavg_pool2d_matches_reference(data):
 def test_numba_is_auto_backend_on_cpu():
     from intunlearn.backends import resolve
     assert resolve("auto", torch.device("cpu")).__name__ == "intunlearn.backends.numba_cpu"
+
+
+# --------------------------------------------------------------------------------------------
+# Every micro-kernel instruction-set path is bit-exact (the fallback included)
+# --------------------------------------------------------------------------------------------
+
+
+def _available_isas():
+    from intunlearn.kernels.cpu import microkernel
+    return ["generic"] + (["vnni"] if microkernel.has_vnni512() else [])
+
+
+@pytest.fixture(params=["generic", "vnni"])
+def kernel_isa(request, monkeypatch):
+    from intunlearn.backends import numba_cpu
+    if request.param not in _available_isas():
+        pytest.skip(f"{request.param} kernel needs a CPU feature this machine lacks")
+    monkeypatch.setattr(numba_cpu, "FORCE_ISA", request.param)
+    assert numba_cpu.kernel_isa() == request.param
+    return request.param
+
+
+_ISA_FIXTURE_OK = [HealthCheck.function_scoped_fixture]  # the forced ISA holds for every input
+
+
+@settings(max_examples=40, suppress_health_check=_ISA_FIXTURE_OK)
+@given(case=linear_cases())
+def test_numba_qlinear_every_isa(kernel_isa, case):
+    got, want = _both(ops.qlinear, case["x"], _weight(case), case["bias"], **case["params"])
+    assert torch.equal(got, want)
+
+
+@settings(max_examples=40, suppress_health_check=_ISA_FIXTURE_OK)
+@given(case=conv_cases(), input_zero_point=st.sampled_from([None, -128, 127, 1000]))
+def test_numba_qconv2d_every_isa(kernel_isa, case, input_zero_point):
+    params = dict(case["params"])
+    if input_zero_point is not None:
+        params["input_zero_point"] = input_zero_point
+    if case["packed"]:
+        params["kernel_size"] = tuple(case["weight"].shape[2:])
+        weight = ops.pack_int4(case["weight"].reshape(case["weight"].shape[0], -1))
+    else:
+        weight = case["weight"]
+    got, want = _both(ops.qconv2d, case["x"], weight, case["bias"], **params)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_numba_extreme_operands_every_isa(kernel_isa, bits):
+    """u8 255 x s8 -128 in every lane (where vpmaddubsw would saturate), shapes that exercise
+    partial register tiles (rows % 6, channels % 64, K % 4) and the 8x8-transposed NHWC path."""
+    low = -128 if bits == 8 else -8
+    for batch, channels, out_channels, size in [(7, 8, 65, 8), (3, 16, 130, 16), (2, 5, 3, 5)]:
+        x = torch.full((batch, channels, size, size), 127, dtype=torch.int8)
+        x[:, ::2] = -128
+        weight = torch.full((out_channels, channels, 3, 3), low, dtype=torch.int8)
+        weight[1::3] = 127 if bits == 8 else 7
+        w = ops.pack_int4(weight.reshape(out_channels, -1)) if bits == 4 else weight
+        params = dict(stride=1, padding=1, input_zero_point=-128, output_zero_point=0,
+                      multiplier=torch.tensor([1 << 30], dtype=torch.int32),
+                      shift=torch.tensor([-14], dtype=torch.int32), weight_bits=bits)
+        if bits == 4:
+            params["kernel_size"] = (3, 3)
+        got, want = _both(ops.qconv2d, x, w, None, **params)
+        assert torch.equal(got, want)
+        xl = x.reshape(batch, -1)
+        wl = torch.full((out_channels, xl.shape[1]), low, dtype=torch.int8)
+        wl[1::3] = 127 if bits == 8 else 7
+        wl = ops.pack_int4(wl) if bits == 4 else wl
+        got, want = _both(ops.qlinear, xl, wl, None, input_zero_point=-128, output_zero_point=0,
+                          multiplier=torch.tensor([1 << 30], dtype=torch.int32),
+                          shift=torch.tensor([-14], dtype=torch.int32), weight_bits=bits)
+        assert torch.equal(got, want)
+
+
+def test_transpose_8x8_bytes():
+    from intunlearn.kernels.cpu import int_gemm
+    rows = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    words = rows.copy().view(np.uint64).reshape(8)
+    out = np.array(int_gemm._transpose_8x8(*[np.uint64(w) for w in words]), np.uint64)
+    assert np.array_equal(out.view(np.uint8).reshape(8, 8), rows.T)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=_ISA_FIXTURE_OK)
+@given(data=st.data())
+def test_numba_qconv2d_wide_channels_every_isa(kernel_isa, data):
+    """Channel and width counts that are multiples of 8 (the transposing NHWC path) and more
+    than 64 output channels (several panel blocks), with random padding, stride and groups."""
+    groups = data.draw(st.sampled_from([1, 1, 2]))
+    channels = data.draw(st.sampled_from([8, 16, 24])) * groups
+    out_channels = groups * data.draw(st.sampled_from([1, 64, 70]))
+    width = data.draw(st.sampled_from([8, 16]))
+    height = data.draw(st.integers(1, 9))
+    kernel = data.draw(st.integers(1, 3))
+    padding = tuple(data.draw(st.integers(0, 2)) for _ in range(4))
+    stride = data.draw(st.integers(1, 2))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    x = torch.from_numpy(rng.integers(-128, 128, (2, channels, height, width)).astype(np.int8))
+    weight = torch.from_numpy(rng.integers(-128, 128, (out_channels, channels // groups, kernel, kernel)).astype(np.int8))
+    bias = torch.from_numpy(rng.integers(-2**20, 2**20, out_channels).astype(np.int32))
+    if height + padding[0] + padding[1] < kernel:
+        return
+    params = dict(stride=stride, padding=padding, groups=groups,
+                  input_zero_point=data.draw(st.sampled_from([-128, -3, 127, 300])),
+                  output_zero_point=5, multiplier=torch.tensor([1 << 30], dtype=torch.int32),
+                  shift=torch.tensor([-10], dtype=torch.int32))
+    got, want = _both(ops.qconv2d, x, weight, bias, **params)
+    assert torch.equal(got, want)

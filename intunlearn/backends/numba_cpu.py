@@ -2,9 +2,10 @@
 with the reference oracle.
 
 Forward ops receive validated, canonical arguments from intunlearn.ops. This module turns the
-Python-level parameters into the kernels' form: weights into int16 panels (packed int4 is
-unpacked inside the packing kernel), and the zero points and bias into an int32 correction
-added in the fused epilogue (see kernels/cpu/int_gemm.py for why that is exact).
+Python-level parameters into the kernels' form: weights into int8 micro-kernel panels (packed
+int4 is unpacked first), the input into a padded NHWC uint8 image holding x + 128, and the zero
+points and bias into an int32 correction added in the fused epilogue (see kernels/cpu/int_gemm.py
+for why that is exact).
 
 Backward functions (qlinear_backward, qconv2d_backward) implement the STE of DESIGN.md with
 the per-sample weights fused into the reductions; see their docstrings.
@@ -12,14 +13,17 @@ the per-sample weights fused into the reductions; see their docstrings.
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import numpy as np
 import torch
 
 from intunlearn.kernels.cpu import elementwise as _elementwise
 from intunlearn.kernels.cpu import int_gemm as _gemm
+from intunlearn.kernels.cpu import microkernel as _microkernel
 
 _MASK32 = 0xFFFFFFFF
-_L2_PANEL_BYTES = 256 * 1024  # target size of one thread's activation panel / weight block
 
 
 def _wrap32(value):
@@ -34,16 +38,27 @@ def _per_channel(values: torch.Tensor, channels: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(array, (channels,)))
 
 
-def _weight_panel(weight, groups, group_rows, length):
-    """int16 panels [groups, group_rows padded to TILE_N, length padded to K_ALIGN]."""
-    rows_padded = _gemm.padded(group_rows, _gemm.TILE_N)
-    length_padded = _gemm.padded(length, _gemm.K_ALIGN)
+# The micro-kernel's instruction set: "vnni" (AVX-512 VNNI vpdpbusd) where the machine Numba
+# compiles for has it, else "generic" (portable vector IR). Both are bit-exact; FORCE_ISA (or
+# the environment variable INTUNLEARN_NUMBA_ISA) selects one, e.g. to test the fallback.
+FORCE_ISA: str | None = None
+
+
+def kernel_isa() -> str:
+    forced = FORCE_ISA or os.environ.get("INTUNLEARN_NUMBA_ISA")
+    if forced:
+        if forced not in ("vnni", "generic"):
+            raise ValueError(f"INTUNLEARN_NUMBA_ISA must be 'vnni' or 'generic', got {forced!r}")
+        if forced == "vnni" and not _microkernel.has_vnni512():
+            raise ValueError("the 'vnni' kernel needs AVX-512 VNNI, which this CPU lacks")
+        return forced
+    return "vnni" if _microkernel.has_vnni512() else "generic"
+
+
+def _weight_array(weight, out_channels) -> np.ndarray:
+    """int8 [OC, length] or packed int4 uint8 [OC, ceil(length / 2)] numpy view."""
     w = weight.detach().cpu().contiguous().numpy()
-    if weight.dtype == torch.uint8:
-        return _gemm.pack_weight_int4(w.reshape(w.shape[0], -1), length, groups, group_rows,
-                                      rows_padded, length_padded)
-    return _gemm.pack_weight_int8(w.reshape(w.shape[0], length), groups, group_rows,
-                                  rows_padded, length_padded)
+    return w.reshape(out_channels, -1)
 
 
 def _threads() -> int:
@@ -51,60 +66,147 @@ def _threads() -> int:
     return numba.get_num_threads()
 
 
-def _run_conv(x4, panel, bias, *, group_channels, group_rows, length, geometry, height, width,
-              input_zero_point, output_zero_point, multiplier, shift, act_min, act_max,
-              rounding, row_correction=None, extra_correction=0):
-    """Shared driver for qlinear (1x1 conv of a 1x1 image) and qconv2d. Returns int8 numpy
-    [N, OC, positions]."""
-    groups = panel.shape[0]
-    out_channels = groups * group_rows
-    positions = geometry[-1]
-    batch = x4.shape[0]
-    weight_sums = panel[:, :group_rows, :].sum(axis=2, dtype=np.int64).reshape(out_channels)
+_SERIAL_BYTES = 512 << 10  # packing / layout passes over less than this run on one thread
+
+
+@contextlib.contextmanager
+def _serial_if_small(nbytes):
+    """Run a small data-movement kernel on the calling thread: waking the other threads costs
+    more than the work (and, on a busy machine, up to a scheduler time slice)."""
+    import numba
+    if nbytes >= _SERIAL_BYTES:
+        yield
+        return
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _work_split(rows, groups, channel_blocks):
+    """(rows_per_block, channel_splits): about ROW_BLOCK rows per work item, the number of
+    items a multiple of the thread count, output channels split when rows are few."""
+    threads = _threads()
+    row_blocks = max(1, -(-rows // _gemm.ROW_BLOCK))
+    row_blocks = _gemm.padded(row_blocks, threads) if rows >= threads * _microkernel.MR else row_blocks
+    rows_per_block = _gemm.padded(-(-rows // row_blocks), _microkernel.MR)
+    row_blocks = -(-rows // rows_per_block)
+    channel_splits = 1
+    if row_blocks * groups < 2 * threads:
+        channel_splits = max(1, min(channel_blocks, -(-2 * threads // (row_blocks * groups))))
+    return rows_per_block, channel_splits
+
+
+def _padded_image(x4, groups, channels_padded, top, left, height_padded, width_padded, pad_byte):
+    """The kernels' input: uint8 flat [N][Hp][Wp][G][Cgp] holding x + 128, border pad_byte."""
+    batch, channels, height, width = x4.shape
+    if height == width == 1 and groups == 1 and height_padded == width_padded == 1:
+        # Linear layer rows: already in place; flip the sign bits and pad K to Cgp.
+        image = np.zeros((batch, channels_padded), np.uint8)
+        np.bitwise_xor(x4.reshape(batch, channels).view(np.uint8), np.uint8(0x80),
+                       out=image[:, :channels])
+        return image.reshape(-1)
+    if groups == 1 and channels % 8 == 0 and width % 8 == 0 and x4.flags.c_contiguous:
+        words = np.empty(batch * height_padded * width_padded * channels // 8, np.uint64)
+        _gemm.pad_nhwc_words(x4.view(np.uint64), top, left, height_padded, width_padded,
+                             pad_byte, words)
+        return words.view(np.uint8)
+    return _gemm.pad_nhwc(x4, groups, channels_padded, top, left, height_padded, width_padded,
+                          np.uint8(pad_byte))
+
+
+def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, input_zero_point,
+              output_zero_point, multiplier, shift, act_min, act_max, rounding,
+              row_correction=None, extra_correction=0):
+    """Shared driver for qlinear (1x1 conv of 1x1 images) and qconv2d. weight2d int8
+    [OC, Cg * KH * KW] or packed int4 uint8 [OC, ceil(Cg * KH * KW / 2)]; padding (top,
+    bottom, left, right). Returns int8 numpy [N, OC, positions]."""
+    batch, channels, height, width = x4.shape
+    out_channels = weight2d.shape[0]
+    group_channels = channels // groups
+    kernel_h, kernel_w = kernel_size
+    _, _, stride_h, stride_w, _, _, dilation_h, dilation_w, out_w, positions = geometry
+    top, bottom, left, right = padding
+    channels_padded = _gemm.padded(group_channels, _microkernel.K_GROUP)
+    length = group_channels * kernel_h * kernel_w
+    with _serial_if_small(out_channels * kernel_h * kernel_w * channels_padded):
+        if weight2d.dtype == np.uint8:  # packed int4: unpack (a vectorized pass), then pack
+            weight2d = _gemm.unpack_int4_rows(weight2d, length)
+        if (groups == 1 and kernel_h * kernel_w == 1 and group_channels % 4 == 0
+                and weight2d.flags.c_contiguous):
+            panel, weight_sums = _gemm.pack_weight_panel_words(weight2d.view(np.uint32),
+                                                               out_channels)
+        else:
+            panel, weight_sums = _gemm.pack_weight_panel(weight2d, groups, group_channels,
+                                                         kernel_h * kernel_w, channels_padded)
     bias64 = np.zeros(out_channels, np.int64) if bias is None else bias.cpu().numpy().astype(np.int64)
     z_x = _wrap32(input_zero_point)
-    padding = geometry[4] > 0 or geometry[5] > 0 or _has_far_padding(geometry, height, width)
-    if -2**15 <= input_zero_point < 2**15 or not padding:
-        # Padded taps hold z_x itself, so every tap is corrected by the same -z_x * sum W.
-        pad_value = input_zero_point if -2**15 <= input_zero_point < 2**15 else 0
-        correction = (bias64 - _wrap32(z_x * weight_sums) + extra_correction)[None, :]
+    if -128 <= input_zero_point <= 127 or not any(padding):
+        # Padding taps hold z_x + 128 like any tap whose x equals z_x: one correction per channel.
+        pad_byte = input_zero_point + 128 if -128 <= input_zero_point <= 127 else 128
+        correction = (bias64 - _wrap32(_wrap32(128 + z_x) * weight_sums) + extra_correction)[None, :]
     else:
-        # z_x does not fit the int16 panel: padded taps hold 0 and the correction sums only
-        # the weights of in-image taps, per output position.
-        pad_value = 0
-        sums = _gemm.valid_weight_sums(np.ascontiguousarray(panel[:, :group_rows, :]),
-                                       group_channels, geometry, height, width)
-        correction = bias64[None, :] - _wrap32(_wrap32(sums) * z_x) + extra_correction
+        # z_x is not an int8: padding taps hold x = 0, and the correction sums only the weights
+        # of in-image taps, per output position.
+        pad_byte = 128
+        sums = _gemm.valid_weight_sums(weight2d, groups, group_channels, geometry, height, width)
+        correction = (bias64 - _wrap32(128 * weight_sums))[None, :] - _wrap32(_wrap32(sums) * z_x) \
+            + extra_correction
     correction = np.ascontiguousarray(_wrap32(correction))
     if row_correction is None:
         row_correction = np.zeros(1, np.int64)
-    out = np.empty((batch, out_channels, positions), np.int8)
-    length_padded = panel.shape[2]
-    rows_per_chunk = max(_gemm.TILE_M, min(256, _L2_PANEL_BYTES // (2 * length_padded))
-                         // _gemm.TILE_M * _gemm.TILE_M)
+    height_padded, width_padded = height + top + bottom, width + left + right
+    pixel = groups * channels_padded
+    with _serial_if_small(batch * height_padded * width_padded * groups * channels_padded):
+        image = _padded_image(x4, groups, channels_padded, top, left, height_padded,
+                              width_padded, pad_byte)
+    tap_offsets = np.array([(ky * dilation_h * width_padded + kx * dilation_w) * pixel
+                            for ky in range(kernel_h) for kx in range(kernel_w)], np.int64)
     rows = batch * positions
-    chunks = -(-rows // rows_per_chunk)
-    rows_padded_w = panel.shape[1]
-    channel_blocks = 1
-    if chunks * groups < 2 * _threads():  # too few work items: split the output channels too
-        channel_blocks = max(1, min(rows_padded_w // _gemm.TILE_N, 2 * _threads()))
-    channels_per_block = _gemm.padded(-(-rows_padded_w // channel_blocks), _gemm.TILE_N)
-    channel_blocks = -(-rows_padded_w // channels_per_block)
+    out = np.empty((rows, out_channels), np.int8)  # NHWC; transposed to NCHW at the end
+    if rows == 0 or out_channels == 0:
+        return out.reshape(batch, positions, out_channels).transpose(0, 2, 1)
+    channel_blocks = -(-(out_channels // groups) // _microkernel.NR)
+    rows_per_block, channel_splits = _work_split(rows, groups, channel_blocks)
+    multiplier64 = _per_channel(multiplier, out_channels)
+    shift64 = _per_channel(shift, out_channels)
+    # The micro-kernel's fused epilogue covers a per-channel correction; a correction per
+    # position (z_x not an int8, with padding) or per row (a weight zero point) takes the
+    # scalar epilogue on raw int32 tiles.
+    fused = correction.shape[0] == 1 and row_correction.shape[0] == 1 and row_correction[0] == 0
+    qparams = np.zeros((3, out_channels + _microkernel.NR), np.int32)
+    qparams[0, :out_channels] = multiplier64
+    qparams[1, :out_channels] = shift64
+    qparams[2, :out_channels] = correction[0]
+    epilogue = np.array([rounding == "single", _wrap32(output_zero_point), act_min, act_max],
+                        np.int64)
     params = (np.int64(_wrap32(output_zero_point)), np.int64(act_min), np.int64(act_max),
               rounding == "single", np.int64(positions))
-    _gemm.conv_requant(x4, panel, correction, row_correction, _per_channel(multiplier, out_channels),
-                       _per_channel(shift, out_channels), out, group_channels, length,
-                       tuple(np.int64(v) for v in geometry), np.int16(pad_value), params,
-                       rows_per_chunk, channel_blocks, channels_per_block)
-    return out
+    isa = _gemm.ISA_VNNI if kernel_isa() == "vnni" else _gemm.ISA_GENERIC
+    _gemm.conv_requant(image, panel, tap_offsets, np.int64(channels_padded // _microkernel.K_GROUP),
+                       (np.int64(height_padded), np.int64(width_padded), np.int64(groups),
+                        np.int64(channels_padded)),
+                       (np.int64(stride_h), np.int64(stride_w), np.int64(out_w)),
+                       qparams, epilogue, correction, row_correction, multiplier64, shift64, out,
+                       params, np.int64(rows_per_block), np.int64(channel_splits), fused,
+                       np.int64(isa))
+    return _to_nchw(out.reshape(batch, positions, out_channels))
 
 
-def _has_far_padding(geometry, height, width):
-    """True when some tap of the last output row/column falls past the bottom/right edge."""
-    kernel_h, kernel_w, stride_h, stride_w, top, left, dil_h, dil_w, out_w, positions = geometry
-    out_h = positions // out_w
-    return ((out_h - 1) * stride_h - top + (kernel_h - 1) * dil_h >= height
-            or (out_w - 1) * stride_w - left + (kernel_w - 1) * dil_w >= width)
+def _to_nchw(nhwc):
+    """int8 [N, P, C] -> [N, C, P] (a view when P == 1)."""
+    batch, positions, channels = nhwc.shape
+    if positions == 1:
+        return nhwc.reshape(batch, channels, 1)
+    nchw = np.empty((batch, channels, positions), np.int8)
+    with _serial_if_small(nhwc.size):
+        if positions % 8 == 0 and channels % 8 == 0:
+            _gemm.nhwc_to_nchw_words(nhwc.view(np.uint64), nchw.view(np.uint64))
+        else:
+            _gemm.nhwc_to_nchw(nhwc, nchw)
+    return nchw
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +222,6 @@ def qlinear(x, weight, bias, *, in_features, input_zero_point, output_zero_point
     - z_x sum w - z_w sum x + K z_x z_w, all in wrapping int32."""
     x_np = x.detach().cpu().contiguous().numpy()
     batch = x_np.shape[0]
-    panel = _weight_panel(weight, 1, weight.shape[0], in_features)
     row_correction, extra = None, 0
     if weight_zero_point != 0:
         z_w = _wrap32(weight_zero_point)
@@ -128,12 +229,12 @@ def qlinear(x, weight, bias, *, in_features, input_zero_point, output_zero_point
         row_correction = _wrap32(-_wrap32(row_sums * z_w))
         extra = _wrap32(_wrap32(in_features * _wrap32(input_zero_point)) * z_w)
     geometry = (1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
-    out = _run_conv(x_np.reshape(batch, in_features, 1, 1), panel, bias,
-                    group_channels=in_features, group_rows=weight.shape[0], length=in_features,
-                    geometry=geometry, height=1, width=1, input_zero_point=input_zero_point,
-                    output_zero_point=output_zero_point, multiplier=multiplier, shift=shift,
-                    act_min=act_min, act_max=act_max, rounding=rounding,
-                    row_correction=row_correction, extra_correction=extra)
+    out = _run_conv(x_np.reshape(batch, in_features, 1, 1),
+                    _weight_array(weight, weight.shape[0]), bias, groups=1,
+                    kernel_size=(1, 1), geometry=geometry, padding=(0, 0, 0, 0),
+                    input_zero_point=input_zero_point, output_zero_point=output_zero_point,
+                    multiplier=multiplier, shift=shift, act_min=act_min, act_max=act_max,
+                    rounding=rounding, row_correction=row_correction, extra_correction=extra)
     return torch.from_numpy(out.reshape(batch, -1)).to(x.device)
 
 
@@ -154,13 +255,11 @@ def qconv2d(x, weight, bias, *, weight_shape, stride, padding, dilation, groups,
     x_np = x.detach().cpu().contiguous().numpy()
     out_channels, group_channels, kernel_h, kernel_w = weight_shape
     geometry, out_h, out_w = _conv_geometry(x_np.shape, weight_shape, stride, padding, dilation)
-    length = group_channels * kernel_h * kernel_w
-    panel = _weight_panel(weight, groups, out_channels // groups, length)
-    out = _run_conv(x_np, panel, bias, group_channels=group_channels,
-                    group_rows=out_channels // groups, length=length, geometry=geometry,
-                    height=x_np.shape[2], width=x_np.shape[3], input_zero_point=input_zero_point,
-                    output_zero_point=output_zero_point, multiplier=multiplier, shift=shift,
-                    act_min=act_min, act_max=act_max, rounding=rounding)
+    out = _run_conv(x_np, _weight_array(weight, out_channels), bias, groups=groups,
+                    kernel_size=(kernel_h, kernel_w), geometry=geometry, padding=tuple(padding),
+                    input_zero_point=input_zero_point, output_zero_point=output_zero_point,
+                    multiplier=multiplier, shift=shift, act_min=act_min, act_max=act_max,
+                    rounding=rounding)
     return torch.from_numpy(out.reshape(x_np.shape[0], out_channels, out_h, out_w)).to(x.device)
 
 

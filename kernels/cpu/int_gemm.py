@@ -1,24 +1,36 @@
 """Exact int8 / packed-int4 GEMM and convolution with fused TFLite requantization (Numba).
 
-Convolution is computed as a GEMM over lowered rows (im2col), and a fully connected layer is the
-special case of a 1x1 convolution on a 1x1 image, so one driver serves both:
+One driver serves convolution and fully connected layers (a linear layer is a 1x1 convolution
+of 1x1 images; its rows are the batch):
 
-    out[n, oc, p] = requantize(sum_k W[oc, k] * col[n, p, k] + corr[p or 0, oc] (+ rowcorr[row]))
+    out[n, oc, p] = requantize(sum_k W[oc, k] * (x[n, p, k] - z_x) + bias[oc])
 
-* Operands are int16 *panels*: rows of K int16 values, zero padded to a multiple of
-  ``K_ALIGN``. Packed int4 weights stay packed in memory and are sign-extended straight into
-  the int16 weight panel; activations are lowered chunk by chunk into a thread-local panel, so
-  the full im2col matrix is never materialised.
-* The micro-kernel reads each panel row as int32 words holding two int16 values and multiplies
-  pairs (``_madd_pair``): the exact semantics of x86's pmaddwd on one lane. A 4x2 register tile
-  keeps 8 int32 accumulators; LLVM vectorizes the K loop over those 8 reductions.
-* Products of int8/int16 pairs never overflow int32, and the accumulators wrap modulo 2**32
-  exactly like the spec's int32 accumulator; wrapping addition does not depend on order, so
-  the result is bit-exact in any blocking.
-* The input zero point is folded out of the inner loop: sum w * (x - z_x) = sum w * x
-  - z_x * sum w (exact in wrapping int32). Padded taps are filled with z_x, so the correction
-  is per channel; if z_x does not fit int16 the taps are filled with 0 and the correction
-  becomes per (position, channel), summing only the weights of in-image taps.
+Blocking, from the outside in (BLIS / gemmlowp style):
+
+* Work items = (block of output rows, group, block of 64-channel panels), spread over Numba's
+  threads with prange. A row is one output position (n, oy, ox).
+* Inside an item, each 64-channel weight panel ([tap][k-group][64 ch][4 bytes], at most a few
+  hundred KB) stays hot in L2 while the item's rows pass it in register tiles of 6 rows.
+* The register tile (microkernel.py) keeps 6 x 64 int32 accumulators in 24 zmm registers over
+  the whole K and multiplies with vpdpbusd (4 u8 x s8 products per lane per instruction) — or
+  portable IR elsewhere. Activations are read in place from a padded NHWC copy of the input
+  (no im2col). The epilogue (correction, requantization, clamp) runs on the accumulators while
+  they are still in registers, vectorized over the 64 channels, and stores int8 rows of an NHWC
+  output, which the backend transposes to NCHW (8 x 8 byte blocks in 64-bit registers).
+
+Layout passes around the GEMM: pad_nhwc / pad_nhwc_words (NCHW int8 -> padded NHWC x + 128),
+pack_weight_panel (weights -> panels, with the weight sums), nhwc_to_nchw(_words).
+
+Exactness (non-negotiable):
+
+* The image holds u = x + 128 (x ^ 0x80 as a byte), so sum w * u = sum w * x + 128 sum w.
+  Padding taps hold z_x + 128 when z_x is an int8, so that every tap is corrected alike:
+  sum w * (x - z_x) = sum w * u - (128 + z_x) * sum_k w. The per-channel correction (with the
+  bias) is added in the epilogue. Every step wraps modulo 2**32 like the spec's int32
+  accumulator, and wrapping addition does not depend on order, so any blocking is bit-exact.
+* If z_x is not an int8, padding taps hold 128 (x = 0) and the correction becomes per
+  (position, channel): -128 sum_k w - z_x * (sum of the weights of in-image taps).
+* Products u8 x s8 fit int16 and four of them fit int32: no instruction saturates.
 """
 
 from __future__ import annotations
@@ -27,11 +39,12 @@ import numpy as np
 from numba import njit, prange
 
 from .fixedpoint import requantize, wrap_int32
+from .microkernel import (K_GROUP, MR, NR, int8_tile_generic, int8_tile_generic_requant,
+                          int8_tile_vnni, int8_tile_vnni_requant)
 
-K_ALIGN = 32  # int16 elements: panel rows are padded with zeros to this multiple (64 bytes)
-TILE_M = 4    # rows of activations per register tile
-TILE_N = 2    # weight rows (output channels) per register tile
-L2_BLOCK_BYTES = 256 * 1024  # weight rows kept hot in L2 while a panel streams past
+ISA_GENERIC = 0  # portable vector IR (vpmaddwd / vpdpwssd on x86)
+ISA_VNNI = 1     # AVX-512 VNNI vpdpbusd
+ROW_BLOCK = 192  # rows per work item (multiple of MR) when there are enough rows
 
 
 def padded(length: int, multiple: int) -> int:
@@ -39,105 +52,202 @@ def padded(length: int, multiple: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Micro-kernel
-# --------------------------------------------------------------------------------------------
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _madd_pair(p, q):
-    """Sum of the products of the two int16 halves of the int32 words p and q (x86 pmaddwd on
-    one lane). Exact: |product| <= 2**30, the pair sum fits int32 for int8/int4 operands."""
-    p_low = np.int32(np.int32(p << 16) >> 16)
-    q_low = np.int32(np.int32(q << 16) >> 16)
-    p_high = np.int32(p >> 16)
-    q_high = np.int32(q >> 16)
-    return np.int32(p_low * q_low + p_high * q_high)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _dot_tile_4x2(a, i, b, j, words):
-    """int32 dot products of activation rows a[i..i+3] with weight rows b[j], b[j+1].
-
-    a, b: int32 views of int16 panels (two values per word); `words` = K/2. Each accumulator is
-    an independent reduction, so the K loop vectorizes with 8 accumulator registers."""
-    a0, a1, a2, a3 = a[i], a[i + 1], a[i + 2], a[i + 3]
-    b0, b1 = b[j], b[j + 1]
-    s00 = s01 = s10 = s11 = s20 = s21 = s30 = s31 = np.int32(0)
-    for k in range(words):
-        x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
-        w0, w1 = b0[k], b1[k]
-        s00 = np.int32(s00 + _madd_pair(x0, w0))
-        s01 = np.int32(s01 + _madd_pair(x0, w1))
-        s10 = np.int32(s10 + _madd_pair(x1, w0))
-        s11 = np.int32(s11 + _madd_pair(x1, w1))
-        s20 = np.int32(s20 + _madd_pair(x2, w0))
-        s21 = np.int32(s21 + _madd_pair(x2, w1))
-        s30 = np.int32(s30 + _madd_pair(x3, w0))
-        s31 = np.int32(s31 + _madd_pair(x3, w1))
-    return (s00, s01), (s10, s11), (s20, s21), (s30, s31)
-
-
-# --------------------------------------------------------------------------------------------
 # Packing
 # --------------------------------------------------------------------------------------------
 
 
-@njit(cache=True, nogil=True)
-def pack_weight_int8(weight, groups, group_rows, rows_padded, length_padded):
-    """int8 weight [OC, K] -> int16 panels [groups, rows_padded, length_padded], zero padded."""
-    length = weight.shape[1]
-    panel = np.zeros((groups, rows_padded, length_padded), np.int16)
-    for g in range(groups):
-        for r in range(group_rows):
-            source = weight[g * group_rows + r]
-            target = panel[g, r]
-            for k in range(length):
-                target[k] = source[k]
-    return panel
-
-
-@njit(cache=True, nogil=True)
-def pack_weight_int4(packed, length, groups, group_rows, rows_padded, length_padded):
-    """Packed int4 weight uint8 [OC, ceil(K/2)] -> int16 panels, sign-extending each nibble
-    (element 2i: low nibble, 2i+1: high nibble)."""
-    panel = np.zeros((groups, rows_padded, length_padded), np.int16)
-    for g in range(groups):
-        for r in range(group_rows):
-            source = packed[g * group_rows + r]
-            target = panel[g, r]
-            for k in range(length):
-                byte = np.int32(source[k >> 1])
-                nibble = (byte >> 4) if (k & 1) else (byte & 15)
-                target[k] = nibble - 16 if nibble >= 8 else nibble  # sign-extend 4 bits
-    return panel
+@njit(cache=True, nogil=True, parallel=True)
+def unpack_int4_rows(packed, length):
+    """Packed int4 uint8 [R, ceil(L/2)] -> int8 [R, L]: element 2i is the low nibble, 2i+1 the
+    high one. A byte at a time without branches so that LLVM vectorizes it: a nibble is
+    sign-extended by shifting it to the top of an int32 and back (arithmetic shift)."""
+    rows, width = packed.shape
+    out = np.empty((rows, 2 * width), np.int8)
+    for r in prange(rows):
+        source = packed[r]
+        target = out[r]
+        for j in range(width):
+            byte = np.int32(source[j])
+            target[2 * j] = np.int8(np.int32(byte << 28) >> 28)
+            target[2 * j + 1] = np.int8(np.int32(byte << 24) >> 28)
+    return out[:, :length]
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _lower_rows(x, group, group_channels, row_start, row_count, panel, geometry, pad_value):
-    """im2col of rows [row_start, row_start + row_count) (row = (n, oy, ox)) of one group into
-    the int16 panel [rows, K_padded]; taps outside the image get pad_value. The panel's padding
-    (columns past K, rows past row_count) is left as it is (zero)."""
-    (kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
-     out_w, positions) = geometry
-    height, width = x.shape[2], x.shape[3]
-    for r in range(row_count):
-        row = row_start + r
-        n, p = row // positions, row % positions
-        oy, ox = p // out_w, p % out_w
-        target = panel[r]
-        k = 0
-        for ci in range(group_channels):
-            plane = x[n, group * group_channels + ci]
-            for ky in range(kernel_h):
-                iy = oy * stride_h - pad_top + ky * dilation_h
-                inside_y = 0 <= iy < height
-                for kx in range(kernel_w):
-                    ix = ox * stride_w - pad_left + kx * dilation_w
-                    if inside_y and 0 <= ix < width:
-                        target[k] = plane[iy, ix]
-                    else:
-                        target[k] = pad_value
-                    k += 1
+def _pack_block(weight, out_channels, groups, group_channels, taps, channels_padded,
+                item, panel, sums):
+    """Panel block `item` = (group, 64-channel block) and the weight sums of its channels.
+
+    The block is [tap][k-group][64 channels][4 bytes]: element (t, q, lane, byte) is
+    W[g * OCg + 64 block + lane, ci = 4q + byte, tap t] (W flattened as k = ci * taps + t, as
+    PyTorch flattens [OC, Cg, KH, KW]), zero past the real channels. Written sequentially."""
+    group_rows = out_channels // groups
+    blocks = -(-group_rows // NR)
+    g, block = item // blocks, item % blocks
+    row_start = g * group_rows + block * NR
+    lanes = min(NR, group_rows - block * NR)
+    groups_per_tap = channels_padded // K_GROUP
+    cursor = item * taps * groups_per_tap * NR * K_GROUP
+    totals = np.zeros(NR, np.int64)
+    for t in range(taps):
+        for q in range(groups_per_tap):
+            if lanes == NR and (q + 1) * K_GROUP <= group_channels:
+                # A full line: no padding, four loads and stores per channel, no branches.
+                k = q * K_GROUP * taps + t
+                for lane in range(NR):
+                    source = weight[row_start + lane]
+                    v0, v1 = source[k], source[k + taps]
+                    v2, v3 = source[k + 2 * taps], source[k + 3 * taps]
+                    panel[cursor] = v0
+                    panel[cursor + 1] = v1
+                    panel[cursor + 2] = v2
+                    panel[cursor + 3] = v3
+                    totals[lane] += np.int64(v0) + np.int64(v1) + np.int64(v2) + np.int64(v3)
+                    cursor += K_GROUP
+                continue
+            for lane in range(NR):
+                for byte in range(K_GROUP):
+                    ci = q * K_GROUP + byte
+                    value = np.int8(0)
+                    if lane < lanes and ci < group_channels:
+                        value = weight[row_start + lane, ci * taps + t]
+                    panel[cursor] = value
+                    totals[lane] += value
+                    cursor += 1
+    for lane in range(lanes):
+        sums[row_start + lane] = totals[lane]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def pack_weight_panel(weight, groups, group_channels, taps, channels_padded):
+    """int8 weight [OC, Cg * taps] -> the micro-kernel panel int8 flat
+    [G][blocks][taps][Cgp / 4][64 channels][4] and the weight sums int64 [OC] (_pack_block)."""
+    out_channels = weight.shape[0]
+    blocks = -(-(out_channels // groups) // NR)
+    panel = np.empty(groups * blocks * taps * channels_padded * NR, np.int8)
+    sums = np.empty(out_channels, np.int64)
+    for item in prange(groups * blocks):
+        _pack_block(weight, out_channels, groups, group_channels, taps, channels_padded,
+                    item, panel, sums)
+    return panel, sums
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def pad_nhwc(x, groups, channels_padded, pad_top, pad_left, height_padded, width_padded,
+             pad_byte):
+    """int8 NCHW -> uint8 flat [N][Hp][Wp][G][Cgp] holding x + 128 (x ^ 0x80), the border
+    filled with pad_byte; channel padding holds 0 (its weights are 0). Each output image row is
+    written sequentially; its source (C rows of W bytes) stays in L1."""
+    batch, channels, height, width = x.shape
+    group_channels = channels // groups
+    pixel = groups * channels_padded
+    out = np.empty(batch * height_padded * width_padded * pixel, np.uint8)
+    for item in prange(batch * height_padded):
+        n, y = item // height_padded, item % height_padded
+        row = out[item * width_padded * pixel:(item + 1) * width_padded * pixel]
+        iy = y - pad_top
+        if iy < 0 or iy >= height:
+            row[:] = pad_byte
+            continue
+        row[:pad_left * pixel] = pad_byte
+        row[(pad_left + width) * pixel:] = pad_byte
+        source = x[n, :, iy, :]
+        for ix in range(width):
+            target = row[(pad_left + ix) * pixel:(pad_left + ix + 1) * pixel]
+            for g in range(groups):
+                for ci in range(channels_padded):
+                    value = np.uint8(0)
+                    if ci < group_channels:
+                        value = np.uint8(source[g * group_channels + ci, ix]) ^ np.uint8(0x80)
+                    target[g * channels_padded + ci] = value
+    return out
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def pack_weight_panel_words(words, out_channels):
+    """pack_weight_panel for one group, one tap and K a multiple of 4 (a linear layer): the
+    weight viewed as uint32 words [OC, K / 4] already holds each panel word (4 consecutive k),
+    so packing is a 32-bit transpose into [blocks][K / 4][64]. Returns the panel as int8."""
+    groups_per_tap = words.shape[1]
+    blocks = -(-out_channels // NR)
+    panel = np.zeros(blocks * groups_per_tap * NR, np.uint32)
+    sums = np.empty(out_channels, np.int64)
+    for block in prange(blocks):
+        lanes = min(NR, out_channels - block * NR)
+        totals = np.zeros(NR, np.int64)
+        for q in range(groups_per_tap):
+            line = (block * groups_per_tap + q) * NR
+            for lane in range(lanes):
+                word = words[block * NR + lane, q]
+                panel[line + lane] = word
+                signed = np.int32(word)  # the sum of its four int8 bytes
+                totals[lane] += (np.int64(np.int8(signed)) + np.int64(np.int8(signed >> 8))
+                                 + np.int64(np.int8(signed >> 16)) + np.int64(np.int8(signed >> 24)))
+        for lane in range(lanes):
+            sums[block * NR + lane] = totals[lane]
+    return panel.view(np.int8), sums
+
+
+_U64 = np.uint64
+_SIGN_BITS = np.uint64(0x8080808080808080)  # x ^ 0x80 in every byte: int8 x -> uint8 x + 128
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _swap_blocks(a, b, shift, mask):
+    """Exchange the high `shift`-bit halves of a's blocks with the low halves of b's."""
+    t = ((a >> shift) ^ b) & mask
+    return a ^ (t << shift), b ^ t
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _transpose_8x8(w0, w1, w2, w3, w4, w5, w6, w7):
+    """8 words = 8 rows of 8 bytes (byte j of word r = element (r, j)) -> their transpose."""
+    s, m = _U64(32), _U64(0x00000000FFFFFFFF)
+    w0, w4 = _swap_blocks(w0, w4, s, m)
+    w1, w5 = _swap_blocks(w1, w5, s, m)
+    w2, w6 = _swap_blocks(w2, w6, s, m)
+    w3, w7 = _swap_blocks(w3, w7, s, m)
+    s, m = _U64(16), _U64(0x0000FFFF0000FFFF)
+    w0, w2 = _swap_blocks(w0, w2, s, m)
+    w1, w3 = _swap_blocks(w1, w3, s, m)
+    w4, w6 = _swap_blocks(w4, w6, s, m)
+    w5, w7 = _swap_blocks(w5, w7, s, m)
+    s, m = _U64(8), _U64(0x00FF00FF00FF00FF)
+    w0, w1 = _swap_blocks(w0, w1, s, m)
+    w2, w3 = _swap_blocks(w2, w3, s, m)
+    w4, w5 = _swap_blocks(w4, w5, s, m)
+    w6, w7 = _swap_blocks(w6, w7, s, m)
+    return w0, w1, w2, w3, w4, w5, w6, w7
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def pad_nhwc_words(x_words, pad_top, pad_left, height_padded, width_padded, pad_byte, out):
+    """pad_nhwc's fast path for one group with C and W multiples of 8, on 64-bit words:
+    x_words uint64 [N, C, H, W / 8] (the int8 input viewed as words), out uint64 flat
+    [N][Hp][Wp][C / 8]. Each 8 channels x 8 pixels block is transposed in registers."""
+    batch, channels, height, width_words = x_words.shape
+    channel_words = channels // 8
+    row_words = width_padded * channel_words
+    fill = _U64(pad_byte) * _U64(0x0101010101010101)
+    for item in prange(batch * height_padded):
+        n, y = item // height_padded, item % height_padded
+        row = out[item * row_words:(item + 1) * row_words]
+        iy = y - pad_top
+        if iy < 0 or iy >= height:
+            row[:] = fill
+            continue
+        row[:pad_left * channel_words] = fill
+        row[(pad_left + 8 * width_words) * channel_words:] = fill
+        for c8 in range(channel_words):
+            for xw in range(width_words):
+                c = 8 * c8
+                t = _transpose_8x8(x_words[n, c, iy, xw], x_words[n, c + 1, iy, xw],
+                                   x_words[n, c + 2, iy, xw], x_words[n, c + 3, iy, xw],
+                                   x_words[n, c + 4, iy, xw], x_words[n, c + 5, iy, xw],
+                                   x_words[n, c + 6, iy, xw], x_words[n, c + 7, iy, xw])
+                base = (pad_left + 8 * xw) * channel_words + c8
+                for j in range(8):  # word j: pixel 8 xw + j, channels c .. c + 7
+                    row[base + j * channel_words] = t[j] ^ _SIGN_BITS
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,93 +256,145 @@ def _lower_rows(x, group, group_channels, row_start, row_count, panel, geometry,
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _store(out, n, p, row, channel, raw, correction, row_correction, multiplier, shift, params):
-    """Accumulator correction (zero points, bias) in wrapping int32, then requantize into
-    out[n, channel, p] (row = n * positions + p)."""
+def _requantize_raw_tile(tile, out, row_start, row_count, channel_start, channel_count,
+                         correction, row_correction, multiplier, shift, params):
+    """The scalar epilogue for the rare cases the fused one does not cover (a correction per
+    position or per row): rows [row_start, +row_count) x channels [channel_start,
+    +channel_count) of the int32 tile[m * NR + c] -> out[row, oc] (NHWC)."""
     output_zero_point, act_min, act_max, single_rounding, positions = params
-    correction_row = p if correction.shape[0] > 1 else 0
-    row_correction_index = row if row_correction.shape[0] > 1 else 0
-    acc = wrap_int32(np.int64(raw) + correction[correction_row, channel]
-                     + row_correction[row_correction_index])
-    out[n, channel, p] = requantize(acc, multiplier[channel], shift[channel], output_zero_point,
-                                    act_min, act_max, single_rounding)
+    for m in range(row_count):
+        row = row_start + m
+        p = row % positions
+        extra = row_correction[row] if row_correction.shape[0] > 1 else row_correction[0]
+        corr = correction[p] if correction.shape[0] > 1 else correction[0]
+        for c in range(channel_count):
+            oc = channel_start + c
+            acc = wrap_int32(np.int64(tile[m * NR + c]) + corr[oc] + extra)
+            out[row, oc] = requantize(acc, multiplier[oc], shift[oc], output_zero_point,
+                                      act_min, act_max, single_rounding)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def conv_requant(x, weight_panel, correction, row_correction, multiplier, shift, out,
-                 group_channels, length, geometry, pad_value, params, rows_per_chunk,
-                 channel_blocks, channels_per_block):
-    """Grouped convolution (linear = 1x1 conv of a 1x1 image) with fused requantization.
+def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv_geometry,
+                 qparams, epilogue, correction, row_correction, multiplier, shift, out, params,
+                 rows_per_block, channel_splits, fused, isa):
+    """Grouped convolution (linear = 1x1 convolution of 1x1 images) with fused requantization.
 
-    x int8 [N, C, H, W]; weight_panel int16 [G, OCg_padded, K_padded]; correction int64
-    [1 or positions, OC] (bias - z_x * weight sums); row_correction int64 [rows] or [1]
-    (a weight zero point's -z_w * sum x per row; [0] otherwise); multiplier/shift int64 [OC];
-    out int8 [N, OC, positions]. Work items are (row chunk, group, channel block), distributed
-    over Numba's threads; each lowers its rows into a thread-local int16 panel and runs the 4x2
-    tile over its channel block, reusing the panel rows from L1/L2.
-    """
-    groups, rows_padded_w, length_padded = weight_panel.shape
-    group_rows = out.shape[1] // groups
+    image: uint8 flat [N][Hp][Wp][G][Cgp] (pad_nhwc); panel: pack_weight_panel's; tap_offsets
+    int64 [taps]: byte offset of each tap (ky, kx) relative to tap (0, 0);
+    image_geometry = (Hp, Wp, G, Cgp); conv_geometry = (stride_h, stride_w, out_w);
+    out int8 [rows = N * positions, OC] (NHWC).
+    fused: the micro-kernel requantizes (qparams int32 [3, OC + NR] = multiplier, shift,
+    per-channel correction; epilogue int64 [single_rounding, z_y, act_min, act_max]).
+    Otherwise the raw int32 tile goes through the scalar epilogue with correction int64
+    [1 or positions, OC], row_correction int64 [rows] or [1], multiplier/shift int64 [OC] and
+    params = (z_y, act_min, act_max, single_rounding, positions).
+    isa: ISA_VNNI or ISA_GENERIC (same results)."""
+    height_padded, width_padded, groups, channels_padded = image_geometry
+    stride_h, stride_w, out_w = conv_geometry
     positions = params[4]
-    rows = out.shape[0] * positions
-    chunks = -(-rows // rows_per_chunk)
-    words = length_padded // 2
-    weight_block = max(TILE_N, (L2_BLOCK_BYTES // (2 * length_padded)) // TILE_N * TILE_N)
-    weights32 = weight_panel.view(np.int32)
-    for item in prange(chunks * groups * channel_blocks):
-        chunk = item // (groups * channel_blocks)
-        group = (item // channel_blocks) % groups
-        block = item % channel_blocks
-        row_start = chunk * rows_per_chunk
-        row_count = min(rows_per_chunk, rows - row_start)
-        panel = np.zeros((padded_rows(row_count), length_padded), np.int16)
-        _lower_rows(x, group, group_channels, row_start, row_count, panel, geometry, pad_value)
-        acts32 = panel.view(np.int32)
-        b = weights32[group]
-        j_start = block * channels_per_block
-        j_end = min(j_start + channels_per_block, rows_padded_w)
-        # Weight rows in blocks that stay in L2 while every 4-row tile of the panel passes.
-        for jb in range(j_start, j_end, weight_block):
-            jb_end = min(jb + weight_block, j_end)
-            for i in range(0, row_count, TILE_M):
-                for j in range(jb, jb_end, TILE_N):
-                    tile = _dot_tile_4x2(acts32, i, b, j, words)
-                    for di in range(min(TILE_M, row_count - i)):
-                        row = row_start + i + di
-                        n = row // positions  # one division per row, not per element
-                        p = row - n * positions
-                        for dj in range(min(TILE_N, group_rows - j)):
-                            _store(out, n, p, row, group * group_rows + j + dj, tile[di][dj],
-                                   correction, row_correction, multiplier, shift, params)
-
-
-@njit(cache=True, nogil=True, inline="always")
-def padded_rows(count):
-    return -(-count // TILE_M) * TILE_M
+    rows, out_channels = out.shape
+    group_rows = out_channels // groups
+    blocks = -(-group_rows // NR)
+    block_size = tap_offsets.shape[0] * groups_per_tap * NR * K_GROUP
+    pixel = groups * channels_padded
+    row_blocks = -(-rows // rows_per_block)
+    blocks_per_split = -(-blocks // channel_splits)
+    for item in prange(row_blocks * groups * channel_splits):
+        row_block = item // (groups * channel_splits)
+        g = (item // channel_splits) % groups
+        split = item % channel_splits
+        row_begin = row_block * rows_per_block
+        row_end = min(row_begin + rows_per_block, rows)
+        row_offsets = np.empty(MR, np.int64)
+        tile32 = np.empty(MR * NR, np.int32)
+        tile8 = np.empty(MR * NR, np.int8)
+        for block in range(split * blocks_per_split, min((split + 1) * blocks_per_split, blocks)):
+            panel_start = (g * blocks + block) * block_size
+            channel_start = g * group_rows + block * NR
+            channel_count = min(NR, group_rows - block * NR)
+            for i in range(row_begin, row_end, MR):
+                row_count = min(MR, row_end - i)
+                for m in range(MR):
+                    row = i + min(m, row_count - 1)  # rows past the end repeat the last one
+                    n = row // positions
+                    p = row - n * positions
+                    oy = p // out_w
+                    ox = p - oy * out_w
+                    row_offsets[m] = (((n * height_padded + oy * stride_h) * width_padded
+                                       + ox * stride_w) * pixel + g * channels_padded)
+                if fused:
+                    if isa == ISA_VNNI:
+                        int8_tile_vnni_requant(image, row_offsets, tap_offsets, groups_per_tap,
+                                               panel, panel_start, qparams, channel_start,
+                                               epilogue, tile8)
+                    else:
+                        int8_tile_generic_requant(image, row_offsets, tap_offsets,
+                                                  groups_per_tap, panel, panel_start, qparams,
+                                                  channel_start, epilogue, tile8)
+                    for m in range(row_count):
+                        out[i + m, channel_start:channel_start + channel_count] = \
+                            tile8[m * NR:m * NR + channel_count]
+                else:
+                    if isa == ISA_VNNI:
+                        int8_tile_vnni(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                       panel_start, qparams, channel_start, epilogue, tile32)
+                    else:
+                        int8_tile_generic(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                          panel_start, qparams, channel_start, epilogue, tile32)
+                    _requantize_raw_tile(tile32, out, i, row_count, channel_start, channel_count,
+                                         correction, row_correction, multiplier, shift, params)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def valid_weight_sums(weight_panel, group_channels, geometry, height, width):
+def nhwc_to_nchw(source, target):
+    """int8 [N, P, C] -> [N, C, P]. With P and C multiples of 8 each 8 x 8 block moves as eight
+    64-bit words transposed in registers (source/target viewed as uint64 [N, P, C/8] and
+    [N, C, P/8] by the caller); otherwise element by element."""
+    batch, positions, channels = source.shape
+    for item in prange(batch * positions):
+        n, p = item // positions, item % positions
+        for c in range(channels):
+            target[n, c, p] = source[n, p, c]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def nhwc_to_nchw_words(source, target):
+    """nhwc_to_nchw's fast path: source uint64 [N, P, C / 8], target uint64 [N, C, P / 8]."""
+    batch, positions, channel_words = source.shape
+    position_words = positions // 8
+    for item in prange(batch * position_words):
+        n, pw = item // position_words, item % position_words
+        p = 8 * pw
+        for cw in range(channel_words):
+            t = _transpose_8x8(source[n, p, cw], source[n, p + 1, cw], source[n, p + 2, cw],
+                               source[n, p + 3, cw], source[n, p + 4, cw], source[n, p + 5, cw],
+                               source[n, p + 6, cw], source[n, p + 7, cw])
+            for j in range(8):  # channel 8 cw + j, positions p .. p + 7
+                target[n, 8 * cw + j, pw] = t[j]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def valid_weight_sums(weight, groups, group_channels, geometry, height, width):
     """sum of W[oc, k] over the taps k that fall inside the image, per output position:
-    int64 [positions, OC]. Needed only when z_x does not fit int16 (see module docstring)."""
+    int64 [positions, OC]. weight int8 [OC, Cg * KH * KW]. Needed only when z_x is not an int8
+    (see the module docstring)."""
     (kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
      out_w, positions) = geometry
-    groups, rows_padded_w, _ = weight_panel.shape
-    group_rows = rows_padded_w  # caller passes the unpadded row count via slicing
-    sums = np.zeros((positions, groups * group_rows), np.int64)
+    out_channels = weight.shape[0]
+    sums = np.zeros((positions, out_channels), np.int64)
     for p in prange(positions):
         oy, ox = p // out_w, p % out_w
-        for g in range(groups):
-            for r in range(group_rows):
-                total = np.int64(0)
-                k = 0
-                for ci in range(group_channels):
-                    for ky in range(kernel_h):
-                        iy = oy * stride_h - pad_top + ky * dilation_h
-                        for kx in range(kernel_w):
-                            ix = ox * stride_w - pad_left + kx * dilation_w
-                            if 0 <= iy < height and 0 <= ix < width:
-                                total += weight_panel[g, r, k]
-                            k += 1
-                sums[p, g * group_rows + r] = total
+        for oc in range(out_channels):
+            total = np.int64(0)
+            k = 0
+            for ci in range(group_channels):
+                for ky in range(kernel_h):
+                    iy = oy * stride_h - pad_top + ky * dilation_h
+                    for kx in range(kernel_w):
+                        ix = ox * stride_w - pad_left + kx * dilation_w
+                        if 0 <= iy < height and 0 <= ix < width:
+                            total += weight[oc, k]
+                        k += 1
+            sums[p, oc] = total
     return sums

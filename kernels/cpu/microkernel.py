@@ -1,0 +1,459 @@
+"""The int8 GEMM micro-kernel, written in LLVM IR (llvmlite) and called from Numba.
+
+Why IR: Numba widens int8/int16/int32 arithmetic to int64, which hides from LLVM the patterns it
+turns into x86's multiply-add instructions. Emitting the vector IR directly gives, per host:
+
+* ``vnni``: AVX-512 VNNI ``vpdpbusd`` — 16 int32 lanes, each += the sum of 4 products u8 x s8.
+* ``generic``: portable vector IR (zext/sext, mul, add) that LLVM lowers to ``vpmaddwd`` on
+  x86 (AVX2 or AVX-512BW) and to its own multiply-accumulate instructions elsewhere.
+
+Both compute exactly the same int32 values: a product u8 x s8 lies in [-32640, 32385], a sum of
+four fits int32, and the accumulators wrap modulo 2**32 (no saturating instruction is used —
+unlike vpmaddubsw, which saturates pair sums at int16, or vpdpbusds).
+
+Register tile (the micro-kernel computes one MR x NR block of int32 dot products over all of K):
+
+    rows (MR = 6 output positions)   x   NR = 64 output channels (4 zmm of 16 int32 lanes)
+
+    for tap t, for k-group q (4 input channels):
+        b[j]  = 64 bytes of the weight panel: channels 16j..16j+15, 4 k each   (j = 0..3)
+        a[m]  = the 4 activation bytes of row m, broadcast to all 16 lanes      (m = 0..5)
+        acc[m][j] = vpdpbusd(acc[m][j], a[m], b[j])                             (24 zmm)
+
+The activations are read in place from a padded NHWC uint8 image (x + 128), with no im2col:
+row m's data for tap t starts at image[row_offsets[m] + tap_offsets[t]] and holds the group's
+channels contiguously (an indirect "implicit GEMM", like XNNPACK's indirection buffer).
+The weight panel of one 64-channel block is laid out [tap][k-group][64 channels][4 bytes], so
+it is read strictly sequentially, 256 bytes per k-group.
+"""
+
+from __future__ import annotations
+
+import llvmlite.binding as _llvm
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+MR = 6        # rows (output positions) per register tile
+NR = 64       # output channels per register tile (panel block width)
+K_GROUP = 4   # k values per 32-bit word of the panels (vpdpbusd's group)
+LANES = 16    # int32 lanes of one zmm register
+
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+
+
+def target_features() -> set[str]:
+    """Features of the machine Numba compiles for (NUMBA_CPU_NAME / _FEATURES honoured)."""
+    try:
+        from numba.core.registry import cpu_target
+        text = cpu_target.target_context.codegen()._tm_features
+        return {f[1:] for f in text.split(",") if f.startswith("+")}
+    except Exception:  # noqa: BLE001 - private attribute; fall back to the host's features
+        return {name for name, on in _llvm.get_host_cpu_features().items() if on}
+
+
+def has_vnni512() -> bool:
+    features = target_features()
+    return {"avx512f", "avx512bw", "avx512vnni"} <= features
+
+
+def _generic_pass_lanes() -> int:
+    """int32 output lanes per pass of the generic kernel: one zmm of pair sums with AVX-512BW,
+    otherwise one ymm (keeps 6 accumulators in AVX2's 16 registers)."""
+    return 16 if "avx512bw" in target_features() else 8
+
+
+# --------------------------------------------------------------------------------------------
+# IR helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _ptr(builder, base, byte_offset):
+    return builder.gep(base, [byte_offset])
+
+
+def _load(builder, ty, base, byte_offset):
+    ptr = builder.bitcast(_ptr(builder, base, byte_offset), ty.as_pointer())
+    return builder.load(ptr, align=1)
+
+
+def _splat(builder, scalar, count):
+    vec_ty = ir.VectorType(scalar.type, count)
+    vec = builder.insert_element(ir.Constant(vec_ty, ir.Undefined), scalar, _I32(0))
+    return builder.shuffle_vector(vec, ir.Constant(vec_ty, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, count), [0] * count))
+
+
+def _shuffle(builder, vec, indices):
+    return builder.shuffle_vector(vec, ir.Constant(vec.type, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_I32, len(indices)), list(indices)))
+
+
+def _counted_loop(builder, count, body):
+    """for i in range(count): body(i) — i64 counter in an alloca (SROA promotes it)."""
+    counter = cgutils.alloca_once_value(builder, _I64(0))
+    head = builder.append_basic_block("loop.head")
+    loop = builder.append_basic_block("loop.body")
+    done = builder.append_basic_block("loop.done")
+    builder.branch(head)
+    builder.position_at_end(head)
+    i = builder.load(counter)
+    builder.cbranch(builder.icmp_signed("<", i, count), loop, done)
+    builder.position_at_end(loop)
+    body(i)
+    builder.store(builder.add(i, _I64(1)), counter)
+    builder.branch(head)
+    builder.position_at_end(done)
+
+
+# --------------------------------------------------------------------------------------------
+# The two kernel bodies: (image, row_offsets, tap_offsets, taps, groups_per_tap, panel, out)
+# --------------------------------------------------------------------------------------------
+
+
+def _define_kernel(module, name, acc_type, acc_count, emit_step, emit_finish, requantized,
+                   segments=1):
+    """Define `void name(i8* image, i64* row_offsets, i64* tap_offsets, i64 taps,
+    i64 groups_per_tap, i8* panel, i8* out, i32* qparams, i64 qstride, i64 single_rounding,
+    i32 z_y, i32 act_min, i32 act_max)`: the taps x k-groups loop around emit_step, then
+    emit_finish's int32 results either stored raw (out = int32 [MR][NR]) or requantized
+    (out = int8 [MR][NR]; see _emit_requantize)."""
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    i8p, i64p, i32p = _I8.as_pointer(), _I64.as_pointer(), _I32.as_pointer()
+    fnty = ir.FunctionType(ir.VoidType(), [i8p, i64p, i64p, _I64, _I64, i8p, i8p, i32p, _I64,
+                                           _I64, _I32, _I32, _I32])
+    fn = ir.Function(module, fnty, name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")  # one copy per module; the call costs nothing next to K
+    for index in (0, 1, 2, 5, 6, 7):
+        fn.args[index].add_attribute("noalias")
+    image, row_offsets, tap_offsets, taps, groups, panel, out = fn.args[:7]
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    rows = [builder.load(builder.gep(row_offsets, [_I64(m)])) for m in range(MR)]
+    # The NR channels are computed in `segments` sequential sweeps over K (one for VNNI; more
+    # where the tile's accumulators would not fit the register file in one sweep).
+    for segment in range(segments):
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(acc_type, None))
+                for _ in range(acc_count)]
+        panel_cursor = cgutils.alloca_once_value(builder, _I64(0))
+
+        def tap_body(t, accs=accs, panel_cursor=panel_cursor, segment=segment):
+            tap = builder.load(builder.gep(tap_offsets, [t]))
+            row_starts = [builder.add(r, tap) for r in rows]
+
+            def group_body(q):
+                b_offset = builder.load(panel_cursor)
+                a_words = [_load(builder, _I32, image, builder.add(start, builder.shl(q, _I64(2))))
+                           for start in row_starts]
+                emit_step(builder, accs, a_words, panel, b_offset, segment)
+                builder.store(builder.add(b_offset, _I64(NR * K_GROUP)), panel_cursor)
+
+            _counted_loop(builder, groups, group_body)
+
+        _counted_loop(builder, taps, tap_body)
+        results = emit_finish(builder, accs, segment)  # [(m, first channel, <L x i32>)]
+        if requantized:
+            _emit_requantize(builder, results, *fn.args[6:])
+        else:
+            out32 = builder.bitcast(out, i32p)
+            for m, first, vec in results:
+                ptr = builder.gep(out32, [_I64(m * NR + first)])
+                builder.store(vec, builder.bitcast(ptr, vec.type.as_pointer()), align=4)
+    builder.ret_void()
+    return fn
+
+
+def _emit_requantize(builder, results, out, qparams, qstride, single_rounding, z_y, act_min,
+                     act_max):
+    """The fused epilogue, vectorized over channels, bit-exact with fixedpoint.requantize:
+
+    acc = dot + correction[c]                                 (wrapping int32)
+    double rounding (TFLite default, gemmlowp):
+        x = acc << max(shift, 0)                              (wrapping int32)
+        q = (x * m + (x * m >= 0 ? 2**30 : 1 - 2**30)) / 2**31, truncated toward zero (int64)
+            (x = m = INT32_MIN cannot occur: multipliers are validated non-negative)
+        e = max(-shift, 0); mask = 2**e - 1
+        q = (q >> e) + ((q & mask) > (mask >> 1) + (q < 0))   (round half away from zero)
+    single rounding: q = (acc * m + 2**(30 - shift)) >> (31 - shift)   (int64, then int32)
+    y = clamp(q + z_y, act_min, act_max)                      (wrapping int32 add)
+
+    qparams points at multiplier[c0]; shift and correction follow at qstride and 2 * qstride.
+    The rounding mode is uniform, so it is a branch around two straight-line bodies."""
+    lanes = results[0][2].type.count
+    v32 = ir.VectorType(_I32, lanes)
+    v64 = ir.VectorType(_I64, lanes)
+    v8 = ir.VectorType(_I8, lanes)
+
+    def load_row(row, first):
+        ptr = builder.gep(qparams, [builder.add(builder.mul(qstride, _I64(row)), _I64(first))])
+        return builder.load(builder.bitcast(ptr, v32.as_pointer()), align=4)
+
+    def const32(value):
+        return ir.Constant(v32, [value] * lanes)
+
+    def const64(value):
+        return ir.Constant(v64, [value] * lanes)
+
+    def smax(a, b):
+        return builder.select(builder.icmp_signed(">", a, b), a, b)
+
+    def smin(a, b):
+        return builder.select(builder.icmp_signed("<", a, b), a, b)
+
+    zero = const32(0)
+    z_v, low_v, high_v = (_splat(builder, s, lanes) for s in (z_y, act_min, act_max))
+    params = {first: (load_row(0, first), load_row(1, first), load_row(2, first))
+              for first in sorted({first for _, first, _ in results})}
+    out_i8 = out
+
+    def double_rounding(acc, multiplier, shift):
+        x = builder.shl(acc, smax(shift, zero))
+        product = builder.mul(builder.sext(x, v64), builder.sext(multiplier, v64))
+        negative = builder.icmp_signed("<", product, const64(0))
+        nudge = builder.select(negative, const64(1 - (1 << 30)), const64(1 << 30))
+        v = builder.add(product, nudge)
+        bias = builder.and_(builder.ashr(v, const64(63)), const64((1 << 31) - 1))
+        q = builder.trunc(builder.ashr(builder.add(v, bias), const64(31)), v32)
+        exponent = smax(builder.sub(zero, shift), zero)
+        mask = builder.sub(builder.shl(const32(1), exponent), const32(1))
+        threshold = builder.add(builder.ashr(mask, const32(1)),
+                                builder.zext(builder.icmp_signed("<", q, zero), v32))
+        round_up = builder.zext(builder.icmp_signed(">", builder.and_(q, mask), threshold), v32)
+        return builder.add(builder.ashr(q, exponent), round_up)
+
+    def single(acc, multiplier, shift):
+        total = builder.sext(builder.sub(const32(31), shift), v64)
+        rounding = builder.shl(const64(1), builder.sub(total, const64(1)))
+        product = builder.mul(builder.sext(acc, v64), builder.sext(multiplier, v64))
+        return builder.trunc(builder.ashr(builder.add(product, rounding), total), v32)
+
+    def body(scale):
+        for m, first, dot in results:
+            multiplier, shift, correction = params[first]
+            acc = builder.add(dot, correction)
+            y = builder.add(scale(acc, multiplier, shift), z_v)
+            y = smin(smax(y, low_v), high_v)
+            ptr = builder.gep(out_i8, [_I64(m * NR + first)])
+            builder.store(builder.trunc(y, v8), builder.bitcast(ptr, v8.as_pointer()), align=1)
+
+    with builder.if_else(builder.icmp_signed("!=", single_rounding, _I64(0))) as (then, otherwise):
+        with then:
+            body(single)
+        with otherwise:
+            body(double_rounding)
+
+
+def _vnni_kernel(module, requantized):
+    acc_ty = ir.VectorType(_I32, LANES)
+    fnty = ir.FunctionType(acc_ty, [acc_ty, acc_ty, acc_ty])
+    dpbusd = cgutils.get_or_insert_function(module, fnty, "llvm.x86.avx512.vpdpbusd.512")
+    blocks = NR // LANES
+
+    def step(builder, accs, a_words, panel, b_offset, segment):
+        b = [_load(builder, acc_ty, panel, builder.add(b_offset, _I64(j * LANES * K_GROUP)))
+             for j in range(blocks)]
+        for m, word in enumerate(a_words):
+            a = _splat(builder, word, LANES)
+            for j in range(blocks):
+                slot = accs[m * blocks + j]
+                builder.store(builder.call(dpbusd, [builder.load(slot), a, b[j]]), slot)
+
+    def finish(builder, accs, segment):
+        return [(index // blocks, (index % blocks) * LANES, builder.load(slot))
+                for index, slot in enumerate(accs)]
+
+    suffix = "_requant" if requantized else ""
+    return _define_kernel(module, "intunlearn_int8_tile_vnni512" + suffix, acc_ty, MR * blocks,
+                          step, finish, requantized)
+
+
+def _generic_kernel(module, requantized):
+    """Pair sums in portable IR: for output lane l, acc2[2l] += a0*b0 + a1*b1 and
+    acc2[2l + 1] += a2*b2 + a3*b3 (the pmaddwd idiom: mul of sign-extended 16-bit values, add
+    of even/odd lanes), folded as acc[l] = acc2[2l] + acc2[2l + 1] at the end.
+
+    An accumulator holds `width` output lanes as 2 * width int32 pair sums (one vector
+    register); a sweep over K covers `passes` of them for each of the MR rows, and the NR
+    channels take NR / (width * passes) sweeps: 6 x 4 zmm per sweep with AVX-512BW (2 sweeps),
+    6 x 2 ymm with AVX2 (8 sweeps), so that the accumulators never spill."""
+    wide = _generic_pass_lanes() == 16
+    width, passes = (8, 4) if wide else (4, 2)
+    segments = NR // (width * passes)
+    acc_ty = ir.VectorType(_I32, 2 * width)
+    bytes_ty = ir.VectorType(_I8, K_GROUP * width)
+    even = [2 * i for i in range(2 * width)]
+    odd = [2 * i + 1 for i in range(2 * width)]
+
+    def step(builder, accs, a_words, panel, b_offset, segment):
+        for p in range(passes):
+            first = (segment * passes + p) * width
+            b = _load(builder, bytes_ty, panel, builder.add(b_offset, _I64(first * K_GROUP)))
+            b_even = builder.sext(_shuffle(builder, b, even), acc_ty)
+            b_odd = builder.sext(_shuffle(builder, b, odd), acc_ty)
+            for m, word in enumerate(a_words):
+                a_bytes = builder.bitcast(word, ir.VectorType(_I8, K_GROUP))
+                a = _shuffle(builder, a_bytes, [i % K_GROUP for i in range(K_GROUP * width)])
+                a_even = builder.zext(_shuffle(builder, a, even), acc_ty)
+                a_odd = builder.zext(_shuffle(builder, a, odd), acc_ty)
+                pairs = builder.add(builder.mul(a_even, b_even), builder.mul(a_odd, b_odd))
+                slot = accs[m * passes + p]
+                builder.store(builder.add(builder.load(slot), pairs), slot)
+
+    def finish(builder, accs, segment):
+        results = []
+        for m in range(MR):
+            for p in range(passes):
+                acc2 = builder.load(accs[m * passes + p])
+                total = builder.add(_shuffle(builder, acc2, even[:width]),
+                                    _shuffle(builder, acc2, odd[:width]))
+                results.append((m, (segment * passes + p) * width, total))
+        return results
+
+    suffix = "_requant" if requantized else ""
+    return _define_kernel(module, f"intunlearn_int8_tile_generic{width}x{passes}" + suffix,
+                          acc_ty, MR * passes, step, finish, requantized, segments)
+
+
+# --------------------------------------------------------------------------------------------
+# Numba entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _tile_intrinsic(make_kernel, requantized):
+    def tile(typingctx, image, row_offsets, tap_offsets, groups_per_tap, panel, panel_start,
+             qparams, channel_start, epilogue, out):
+        """out[m * NR + c] for the rows m < MR and channels c < NR of one register tile:
+        dot[m, c] = sum over taps t and k-groups q of the u8 x s8 products of
+        image[row_offsets[m] + tap_offsets[t] + 4q + 0..3] and
+        panel[panel_start + (t * groups_per_tap + q) * 256 + 4c + 0..3].
+        Raw kernels store dot (out int32); requantizing ones store
+        requantize(dot + qparams[2, channel_start + c]) with multiplier qparams[0, ...] and
+        shift qparams[1, ...] (out int8; qparams int32 [3, >= channel_start + NR];
+        epilogue int64 [single_rounding, z_y, act_min, act_max])."""
+        sig = types.void(image, row_offsets, tap_offsets, types.int64, panel, types.int64,
+                         qparams, types.int64, epilogue, out)
+
+        def codegen(context, builder, signature, args):
+            (image_v, rows_v, taps_v, groups_v, panel_v, panel_start_v, qparams_v, channel_v,
+             epilogue_v, out_v) = args
+            arrays = [context.make_array(ty)(context, builder, value)
+                      if isinstance(ty, types.Array) else None
+                      for ty, value in zip(signature.args, args)]
+            image_a, rows_a, taps_a, _, panel_a, _, qparams_a, _, epilogue_a, out_a = arrays
+            i8p, i32p = _I8.as_pointer(), _I32.as_pointer()
+            panel_ptr = builder.gep(builder.bitcast(panel_a.data, i8p), [panel_start_v])
+            qparams_ptr = builder.gep(builder.bitcast(qparams_a.data, i32p), [channel_v])
+            qstride = builder.sdiv(cgutils.unpack_tuple(builder, qparams_a.strides)[0], _I64(4))
+            epilogue_ptr = builder.bitcast(epilogue_a.data, _I64.as_pointer())
+            single, z_y, act_min, act_max = (
+                builder.load(builder.gep(epilogue_ptr, [_I64(i)])) for i in range(4))
+            fn = make_kernel(builder.module, requantized)
+            builder.call(fn, [builder.bitcast(image_a.data, i8p), rows_a.data, taps_a.data,
+                              taps_a.nitems, groups_v, panel_ptr, builder.bitcast(out_a.data, i8p),
+                              qparams_ptr, qstride, single, builder.trunc(z_y, _I32),
+                              builder.trunc(act_min, _I32), builder.trunc(act_max, _I32)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(tile)
+
+
+def _vnni_or_generic(module, requantized):
+    # Compiled for a machine without VNNI (where the dispatcher never takes this path), the
+    # VNNI entry points still have to compile: they fall back to the generic body.
+    return (_vnni_kernel if has_vnni512() else _generic_kernel)(module, requantized)
+
+
+int8_tile_vnni = _tile_intrinsic(_vnni_or_generic, requantized=False)
+int8_tile_vnni_requant = _tile_intrinsic(_vnni_or_generic, requantized=True)
+int8_tile_generic = _tile_intrinsic(_generic_kernel, requantized=False)
+int8_tile_generic_requant = _tile_intrinsic(_generic_kernel, requantized=True)
+
+
+def kernel_assembly(isa: str, requantized: bool = True) -> str:
+    """x86/host assembly of one micro-kernel ("vnni" or "generic"), optimized by Numba's
+    pipeline, for inspection (the benchmark counts vpdpbusd / vpdpwssd / vpmaddwd / vpmulld)."""
+    from numba.core.compiler_lock import global_compiler_lock
+    from numba.core.registry import cpu_target
+
+    module = ir.Module(name=f"intunlearn_{isa}_asm")
+    make = _vnni_or_generic if isa == "vnni" else _generic_kernel
+    fn = make(module, requantized)
+    fn.linkage = "external"  # keep it alive through the optimizer
+    codegen = cpu_target.target_context.codegen()
+    library = codegen.create_library(f"intunlearn_{isa}_asm")
+    library.add_ir_module(module)
+    with global_compiler_lock:
+        library.finalize()
+    return library.get_asm_str()
+
+
+# --------------------------------------------------------------------------------------------
+# float32 register tile for the STE backward (kernels/cpu/backward.py)
+# --------------------------------------------------------------------------------------------
+# Same shape as the int8 tile: 6 rows x 64 columns in 24 vector accumulators, row values
+# broadcast, the panel [k][64 columns] read sequentially; multiply-adds carry the "contract"
+# flag so LLVM fuses them into vfmadd231ps where the target has FMA (plain mul + add elsewhere).
+
+_F32 = ir.FloatType()
+
+
+def _f32_kernel(module):
+    name = "intunlearn_f32_tile"
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    f32p, i64p = _F32.as_pointer(), _I64.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [f32p, i64p, f32p, _I64, f32p]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    for arg in fn.args[:3] + fn.args[4:]:
+        arg.add_attribute("noalias")
+    a, row_offsets, panel, length, out = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    vec = ir.VectorType(_F32, LANES)
+    blocks = NR // LANES
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(vec, None)) for _ in range(MR * blocks)]
+    rows = [builder.load(builder.gep(row_offsets, [_I64(m)])) for m in range(MR)]
+
+    def body(k):
+        base = builder.mul(k, _I64(NR))
+        b = [builder.load(builder.bitcast(builder.gep(panel, [builder.add(base, _I64(j * LANES))]),
+                                          vec.as_pointer()), align=4) for j in range(blocks)]
+        for m, row in enumerate(rows):
+            value = _splat(builder, builder.load(builder.gep(a, [builder.add(row, k)])), LANES)
+            for j in range(blocks):
+                slot = accs[m * blocks + j]
+                product = builder.fmul(value, b[j], flags=("contract",))
+                builder.store(builder.fadd(builder.load(slot), product, flags=("contract",)), slot)
+
+    _counted_loop(builder, length, body)
+    for index, slot in enumerate(accs):
+        ptr = builder.bitcast(builder.gep(out, [_I64(index * LANES)]), vec.as_pointer())
+        builder.store(builder.load(slot), ptr, align=4)
+    builder.ret_void()
+    return fn
+
+
+@intrinsic
+def f32_tile(typingctx, a, row_offsets, panel, panel_start, length, out):
+    """out[m * NR + c] = sum_{k < length} a[row_offsets[m] + k] * panel[panel_start + k * NR + c]
+    (float32; a, panel, out flat float32 arrays, row_offsets int64 [MR])."""
+    sig = types.void(a, row_offsets, panel, types.int64, types.int64, out)
+
+    def codegen(context, builder, signature, args):
+        a_v, rows_v, panel_v, start_v, length_v, out_v = args
+        a_a, rows_a, panel_a, out_a = (context.make_array(signature.args[i])(context, builder, v)
+                                       for i, v in ((0, a_v), (1, rows_v), (2, panel_v), (5, out_v)))
+        panel_ptr = builder.gep(panel_a.data, [start_v])
+        builder.call(_f32_kernel(builder.module),
+                     [a_a.data, rows_a.data, panel_ptr, length_v, out_a.data])
+        return context.get_dummy_value()
+
+    return sig, codegen

@@ -108,9 +108,7 @@ def _(x, kernel_size, stride, padding, act_min, act_max, backend):
 
 def quantize_input(x: Tensor, scale: float, zero_point: int) -> tuple[Tensor, Tensor]:
     """int8 input and the STE mask of where the quantizer did not saturate."""
-    unclamped = qp.round_half_away(x.detach().double() / scale) + zero_point
-    inside = (unclamped >= -128) & (unclamped <= 127)
-    return unclamped.clamp(-128, 127).to(torch.int8), inside
+    return qp.quantize_activation(x, scale, zero_point)
 
 
 def quantize_weight(weight: Tensor, scales: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:

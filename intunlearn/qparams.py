@@ -25,11 +25,43 @@ def weight_max(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
+def _cpu_kernels():
+    """The Numba quantization kernels, or None where numba is not installed."""
+    try:
+        from intunlearn.kernels.cpu import quantize as kernels
+    except ImportError:
+        return None
+    return kernels
+
+
 def round_half_away(values: torch.Tensor) -> torch.Tensor:
-    """Round to nearest, ties away from zero (torch.round sends ties to even)."""
+    """Round to nearest, ties away from zero (torch.round sends ties to even). Not
+    differentiable (its derivative is zero almost everywhere; STE callers detach first)."""
+    kernels = _cpu_kernels() if values.device.type == "cpu" and values.dtype == torch.float64 else None
+    if kernels is not None:
+        flat = values.detach().contiguous().reshape(-1)
+        out = torch.empty_like(flat)
+        kernels.round_half_away_array(flat.numpy(), out.numpy())
+        return out.reshape(values.shape)
     truncated = torch.trunc(values)
     is_tie = (values - truncated).abs() == 0.5
     return torch.where(is_tie, truncated + torch.sign(values), torch.round(values))
+
+
+def quantize_activation(real: torch.Tensor, scale: float, zero_point: int, qmin: int = -128,
+                        qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor int8 codes clamp(round(real / scale) + zero_point, qmin, qmax) and the mask of
+    entries the clamp left alone (where a straight-through gradient passes). float64 division."""
+    kernels = _cpu_kernels() if real.device.type == "cpu" and real.dtype in (torch.float32, torch.float64) else None
+    if kernels is not None:
+        flat = real.detach().contiguous().reshape(-1)
+        codes = torch.empty(flat.shape, dtype=torch.int8)
+        inside = torch.empty(flat.shape, dtype=torch.bool)
+        kernels.quantize_per_tensor(flat.numpy(), float(scale), int(zero_point), qmin, qmax, codes.numpy(),
+                                    inside.numpy())
+        return codes.reshape(real.shape), inside.reshape(real.shape)
+    unclamped = round_half_away(real.detach().double() / scale) + zero_point
+    return unclamped.clamp(qmin, qmax).to(torch.int8), (unclamped >= qmin) & (unclamped <= qmax)
 
 
 @dataclass(frozen=True)
@@ -77,6 +109,9 @@ def quantize(real: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis: 
     scale/zero_point are scalars, or 1-D tensors applied along `axis`. The clamp is the
     quantizer's saturation; callers that train through it mask gradients there (STE).
     """
+    per_tensor = not isinstance(scale, torch.Tensor) and not isinstance(zero_point, torch.Tensor)
+    if per_tensor and -128 <= qmin and qmax <= 127:
+        return quantize_activation(real, float(scale), int(zero_point), qmin, qmax)[0]
     scale = _along(scale, real, axis)
     zero_point = _along(zero_point, real, axis)
     q = round_half_away(real.double() / scale) + zero_point

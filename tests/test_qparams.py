@@ -75,3 +75,19 @@ def test_add_params_multipliers_reconstruct_the_scales():
     real = lambda prefix: params[f"{prefix}_multiplier"] * 2.0 ** (params[f"{prefix}_shift"] - 31)  # noqa: E731
     assert real("a") == pytest.approx(0.5) and real("b") == pytest.approx(0.25)
     assert real("output") == pytest.approx(0.2 / (2**20 * 0.2))
+
+
+@given(st.lists(st.floats(-400, 400, allow_subnormal=False) | st.sampled_from([0.5, -0.5, 2.5, -2.5, 0.49999999999999994, 127.5, -128.5]),
+                min_size=1, max_size=50),
+       st.floats(0.01, 4.0), st.integers(-128, 127))
+def test_numba_quantizer_is_bit_identical_to_the_torch_formulation(values, scale, zero_point):
+    real = torch.tensor(values, dtype=torch.float64)
+    codes, inside = qparams.quantize_activation(real, scale, zero_point)
+    # the torch formulation, written out here: exact tie detection via trunc
+    ratio = real / scale
+    truncated = torch.trunc(ratio)
+    rounded = torch.where((ratio - truncated).abs() == 0.5, truncated + torch.sign(ratio), torch.round(ratio))
+    unclamped = rounded + zero_point
+    assert torch.equal(codes, unclamped.clamp(-128, 127).to(torch.int8))
+    assert torch.equal(inside, (unclamped >= -128) & (unclamped <= 127))
+    assert torch.equal(qparams.round_half_away(ratio), rounded)

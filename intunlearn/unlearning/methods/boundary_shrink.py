@@ -11,7 +11,7 @@ gradient to the input. x' is clipped to the value range of the task's inputs.
 Unlearning: fine-tune on the forget samples with these neighbour labels, which shrinks the
 forgotten samples' decision region into their nearest classes.
 
-Defaults: 5 epochs, SGD lr 0.01 (momentum 0.9, weight decay 5e-4, cosine schedule), epsilon 0.1
+Defaults: 5 epochs, SGD lr 0.002 (momentum 0.9, weight decay 5e-4, cosine schedule), epsilon 0.1
 (L_inf, for inputs in [0, 1]).
 
 Deviations / notes: the paper trains on the forget samples only, as here; the retain set is not
@@ -61,7 +61,9 @@ def input_bounds(task: UnlearnTask) -> tuple[float, float]:
 class BoundaryShrink(Method):
     name = "bs"
     summary = "relabel each forget sample to the class an FGSM step reaches; fine-tune on the forget set"
-    default_epochs, default_lr = 5, 0.01
+    # lr 0.002: fine-tuning on the forget set alone at the shared 0.01 cost digits' CNN ~14
+    # points of retain accuracy (average gap to retrain 28.7 vs 0.5 at 0.002, random 10%).
+    default_epochs, default_lr = 5, 0.002
     epsilon = 0.1
 
     def unlearn(self, model, task: UnlearnTask):

@@ -27,8 +27,11 @@ CONV2D_TARGETS = {F.conv2d, torch.conv2d}
 
 
 def _dynamic_qparams(tensor: torch.Tensor) -> qp.ActivationQParams:
-    values = tensor.detach()
-    return qp.choose_activation_qparams(float(values.min()), float(values.max()))
+    """Parameters covering the batch's range widened by a step on each side, so that the batch's
+    extremes land inside (-128, 127) and keep their straight-through gradient."""
+    low, high = float(tensor.detach().min()), float(tensor.detach().max())
+    margin = (max(high, 0.0) - min(low, 0.0)) / 253
+    return qp.choose_activation_qparams(low - margin, high + margin)
 
 
 def _quant_args(x, weight, y_estimate, weight_bits, backend):

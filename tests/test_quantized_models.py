@@ -242,3 +242,13 @@ def test_quantize_rejects_bad_arguments(kwargs, error, message):
     arguments.update(kwargs)
     with pytest.raises(error, match=re.escape(message)):
         intunlearn.quantize(mlp(), **arguments)
+
+
+def test_compile_backend_keeps_the_gradient_of_the_largest_output():
+    torch.manual_seed(1)
+    layer = nn.Linear(6, 4)
+    x = torch.randn(5, 6)
+    out = torch.compile(layer, backend="intunlearn", fullgraph=True)(x)
+    top = out.flatten().argmax()
+    out.flatten()[top].backward()
+    assert layer.weight.grad.abs().sum() > 0

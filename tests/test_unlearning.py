@@ -223,3 +223,23 @@ def test_classwise_run_reports_mia_nn_and_tests_on_remaining_classes(tmp_path):
     assert results["test_samples"] == 30  # 4 classes x 10 test samples, class 2 left out
     retrain = results["rows"][1]["integer"]
     assert retrain["FA"] == 0.0 and 0 <= retrain["MIA-NN"] <= 100
+
+
+def test_cached_models_are_not_reused_for_other_data(tmp_path):
+    data = tiny_dataset()
+    other = Dataset("blobs", 1 - data.x_train, (data.y_train + 1) % 4, data.x_test, data.y_test, 4)
+    config = tiny_config(methods=("ft",))
+    run_experiment(config, tmp_path / "a", tmp_path / "cache", data=data)
+    run_experiment(config, tmp_path / "b", tmp_path / "cache", data=other)
+    assert len(list((tmp_path / "cache").glob("original-*.pt"))) == 2
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(batch_size=0), "batch_size must be >= 1"), (dict(pretrain_epochs=0), "pretrain_epochs"),
+    (dict(unlearn_epochs=-3), "unlearn_epochs must be >= 1"), (dict(width=0), "width must be >= 1"),
+    (dict(unlearn_lr=float("nan")), "unlearn_lr must be a finite positive number"),
+    (dict(methods=("ft", "ft")), "must not repeat"),
+])
+def test_bad_experiment_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(**overrides).validate()

@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -65,7 +66,31 @@ class ExperimentConfig:
             get_method(name)
         if not self.methods:
             raise ValueError("methods must name at least one method")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"methods must not repeat a method, got {self.methods}")
+        for name, value, low in (("pretrain_epochs (--epochs)", self.pretrain_epochs, 1),
+                                 ("qat_epochs", self.qat_epochs, 0), ("batch_size", self.batch_size, 1)):
+            if value < low:
+                raise ValueError(f"{name} must be >= {low}, got {value}")
+        if self.unlearn_epochs is not None and self.unlearn_epochs < 1:
+            raise ValueError(f"unlearn_epochs must be >= 1, got {self.unlearn_epochs}")
+        if self.width is not None and self.width < 1:
+            raise ValueError(f"width must be >= 1, got {self.width}")
+        for name, value in (("lr", self.lr), ("unlearn_lr", self.unlearn_lr)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite positive number, got {value}")
+        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {self.device!r} is not available (no CUDA device)")
         return self
+
+
+def data_fingerprint(*tensors) -> str:
+    """sha256 of the tensors' shapes, dtypes and bytes: the cache never serves another data set."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def config_hash(values: dict) -> str:
@@ -96,9 +121,10 @@ class Experiment:
 
     # ---- the recipe ------------------------------------------------------------------------
 
-    def _recipe_key(self, role: str, x) -> dict:
+    def _recipe_key(self, role: str, x, y) -> dict:
         c = self.config
-        return {"version": CACHE_VERSION, "role": role, "dataset": c.dataset, "samples": len(x),
+        return {"version": CACHE_VERSION, "role": role, "dataset": c.dataset, "data_root": c.data_root,
+                "device": c.device, "data": data_fingerprint(x, y), "samples": len(x),
                 "model": c.model, "width": c.width, "weight_bits": c.weight_bits, "arithmetic": c.arithmetic,
                 "pretrain_epochs": c.pretrain_epochs, "qat_epochs": c.qat_epochs, "lr": c.lr,
                 "batch_size": c.batch_size, "seed": c.seed,
@@ -116,7 +142,7 @@ class Experiment:
 
     def run_recipe(self, x, y, seed: int, role: str):
         """Float pre-training, conversion, quantization-aware training; cached on disk."""
-        key = self._recipe_key(role, x)
+        key = self._recipe_key(role, x, y)
         path = self.cache_dir / f"{role}-{config_hash(key)}.pt"
         float_model = self._fresh_float_model(seed)
         c = self.config
@@ -173,7 +199,8 @@ def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None) -> d
     for name in config.methods:
         get_method(name).check(experiment.task())
     progress_path = out_dir / "progress.json"
-    key = config_hash(dataclasses.asdict(config))
+    key = config_hash({**dataclasses.asdict(config), "data": data_fingerprint(
+        experiment.data.x_train, experiment.data.y_train, experiment.data.x_test, experiment.data.y_test)})
     progress = {"config_hash": key, "methods": {}}
     if progress_path.exists():
         saved = json.loads(progress_path.read_text())

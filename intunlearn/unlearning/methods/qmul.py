@@ -66,7 +66,7 @@ class QMUL(SimilarLabels):
         y_forget = self.relabel(model, task)
         x = torch.cat([task.x_forget, task.x_retain])
         y = torch.cat([y_forget, task.y_retain])
-        is_forget = torch.arange(len(x)) < len(task.x_forget)
+        is_forget = torch.arange(len(x), device=x.device) < len(task.x_forget)
         self.history = []
 
         def reweight(epoch):

@@ -40,7 +40,7 @@ class GradientAscent(Method):
 def random_wrong_labels(labels: torch.Tensor, num_classes: int, seed: int) -> torch.Tensor:
     """A uniformly random label different from each true label."""
     offset = torch.randint(1, num_classes, labels.shape, generator=torch.Generator().manual_seed(seed))
-    return (labels + offset) % num_classes
+    return (labels + offset.to(labels.device)) % num_classes
 
 
 class RandomLabels(Method):

@@ -35,14 +35,18 @@ def test_numba_qlinear_zero_points_outside_int8(case, input_zero_point):
     assert torch.equal(got, want)
 
 
+def _conv_weight_and_params(case):
+    """The case's conv weight (packed along C/g*KH*KW when drawn packed) and its parameters."""
+    params = dict(case["params"])
+    if not case["packed"]:
+        return case["weight"], params
+    params["kernel_size"] = tuple(case["weight"].shape[2:])
+    return ops.pack_int4(case["weight"].reshape(case["weight"].shape[0], -1)), params
+
+
 @given(conv_cases())
 def test_numba_qconv2d_matches_reference(case):
-    params = dict(case["params"])
-    if case["packed"]:
-        params["kernel_size"] = tuple(case["weight"].shape[2:])
-        weight = ops.pack_int4(case["weight"].reshape(case["weight"].shape[0], -1))
-    else:
-        weight = case["weight"]
+    weight, params = _conv_weight_and_params(case)
     got, want = _both(ops.qconv2d, case["x"], weight, case["bias"], **params)
     assert torch.equal(got, want)
 
@@ -155,14 +159,9 @@ def test_numba_qlinear_every_isa(kernel_isa, case):
 @settings(max_examples=40, suppress_health_check=_ISA_FIXTURE_OK)
 @given(case=conv_cases(), input_zero_point=st.sampled_from([None, -128, 127, 1000]))
 def test_numba_qconv2d_every_isa(kernel_isa, case, input_zero_point):
-    params = dict(case["params"])
+    weight, params = _conv_weight_and_params(case)
     if input_zero_point is not None:
         params["input_zero_point"] = input_zero_point
-    if case["packed"]:
-        params["kernel_size"] = tuple(case["weight"].shape[2:])
-        weight = ops.pack_int4(case["weight"].reshape(case["weight"].shape[0], -1))
-    else:
-        weight = case["weight"]
     got, want = _both(ops.qconv2d, case["x"], weight, case["bias"], **params)
     assert torch.equal(got, want)
 

@@ -301,11 +301,8 @@ _BACKWARD_ROWS_PER_CHUNK = 8192  # output positions (n, oy, ox) lowered at a tim
 
 def _unpacked_weight(weight, out_channels, length) -> np.ndarray:
     """int weight values as float32 [OC, length] (packed int4 is unpacked)."""
-    w = weight.detach().cpu().contiguous()
-    if w.dtype == torch.uint8:
-        from intunlearn import reference as spec
-        return spec.unpack_int4(w.numpy().reshape(out_channels, -1), length).astype(np.float32)
-    return w.numpy().reshape(out_channels, length).astype(np.float32)
+    from intunlearn.backends.reference import unpacked_weight
+    return unpacked_weight(weight.detach().cpu().contiguous().reshape(out_channels, -1), length).astype(np.float32)
 
 
 def _conv_backward(grad_output, output, x, weight, *, weight_shape, groups, geometry,

@@ -40,8 +40,8 @@ def _layer_state(layer: _WeightedLayer) -> dict:
         if layer.bias is not None:
             state["float_bias"] = layer.bias.detach().clone()
         return state
-    w_q, _, _, b_q, multiplier, shift = integer_params(layer.weight, layer.bias, layer.weight_scale,
-                                                       q_in.scale, q_out.scale, layer.weight_bits)
+    w_q, b_q, multiplier, shift = integer_params(layer.weight, layer.bias, layer.weight_scale,
+                                               q_in.scale, q_out.scale, layer.weight_bits)
     act_min, act_max = layer.activation_range()
     state.update(weight=ops.pack_int4(w_q.flatten(1)) if layer.weight_bits == 4 else w_q,
                  weight_shape=torch.tensor(layer.weight.shape), weight_scale=layer.weight_scale.detach().clone(),
@@ -115,7 +115,7 @@ def _load_layer(layer, name, state, entry, q):
             bias_scale = q("input").scale * scales.double()
             layer.bias.copy_((entry("bias").double() * bias_scale).float())
     multiplier, shift = integer_params(layer.weight, layer.bias, layer.weight_scale, q("input").scale,
-                                       q("output").scale, layer.weight_bits)[4:]
+                                       q("output").scale, layer.weight_bits)[2:]
     if not (torch.equal(multiplier, entry("multiplier")) and torch.equal(shift, entry("shift"))):
         raise ValueError(f"{name}: the stored multipliers do not follow from the stored scales")
 

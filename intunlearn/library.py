@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -111,34 +112,231 @@ def quantize_input(x: Tensor, scale: float, zero_point: int) -> tuple[Tensor, Te
     return qp.quantize_activation(x, scale, zero_point)
 
 
-def quantize_weight(weight: Tensor, scales: Tensor, bits: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Symmetric per-channel int values (int8 dtype), the ratio w/s, and the mask of weights
-    inside the clip range |w/s| <= Q (where the straight-through gradient passes)."""
+def quantize_weight(weight: Tensor, scales: Tensor, bits: int, *, ste: bool = True):
+    """Symmetric per-channel codes clamp(round(w / s), -Q, Q) (int8 dtype) and, with ste, the
+    mask of weights inside the clip range |w / s| <= Q (where the straight-through gradient
+    passes) and LSQ's d(w_hat / s)/ds term per weight: round(w / s) - w / s inside the range,
+    +-Q where clamped (float64). w / s is computed in float64. Returns (codes, inside, slope)
+    (the last two None without ste)."""
     limit = qp.weight_max(bits)
+    kernels = qp._cpu_kernels() if weight.device.type == "cpu" else None
+    if kernels is not None:
+        flat = weight.detach().float().contiguous().reshape(weight.shape[0], -1)
+        codes = torch.empty(flat.shape, dtype=torch.int8)
+        inside = torch.empty(flat.shape if ste else (0, 0), dtype=torch.bool)
+        slope = torch.empty(flat.shape if ste else (0, 0), dtype=torch.float64)
+        kernels.quantize_weight_channels(flat.numpy(), scales.detach().cpu().contiguous().numpy(), limit,
+                                         codes.numpy(), inside.numpy(), slope.numpy())
+        if not ste:
+            return codes.reshape(weight.shape), None, None
+        return codes.reshape(weight.shape), inside.reshape(weight.shape), slope.reshape(weight.shape)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     ratio = weight.detach().double() / scales.detach().double().reshape(shape)
+    codes = qp.round_half_away(ratio).clamp(-limit, limit)
+    if not ste:
+        return codes.to(torch.int8), None, None
     inside = ratio.abs() <= limit  # LSQ's clip range, on the unrounded ratio
-    return qp.round_half_away(ratio).clamp(-limit, limit).to(torch.int8), ratio, inside
+    return codes.to(torch.int8), inside, torch.where(inside, codes - ratio, codes)
 
 
 def integer_params(weight, bias, weight_scale, input_scale, output_scale, weight_bits):
-    w_q, ratio, inside = quantize_weight(weight, weight_scale, weight_bits)
-    scales = weight_scale.detach().double()
-    b_q = None if bias is None else qp.quantize_bias(bias, input_scale, scales)
-    multiplier, shift = qp.output_multipliers(input_scale, scales, output_scale)
-    return w_q, ratio, inside, b_q, multiplier.to(weight.device), shift.to(weight.device)
+    """The integer layer's parameters from the latent float ones: (int8 weight codes, int32
+    bias or None, int32 multiplier [OC], int32 shift [OC]) for M[c] = s_x s_w[c] / s_y."""
+    w_q, _, _ = quantize_weight(weight, weight_scale, weight_bits, ste=False)
+    kernels = qp._cpu_kernels() if weight.device.type == "cpu" else None
+    if kernels is None:
+        scales = weight_scale.detach().double()
+        b_q = None if bias is None else qp.quantize_bias(bias, input_scale, scales)
+        multiplier, shift = qp.output_multipliers(input_scale, scales, output_scale)
+        return w_q, b_q, multiplier.to(weight.device), shift.to(weight.device)
+    channels = weight.shape[0]
+    scales = weight_scale.detach().double().expand(channels).contiguous().numpy()
+    multiplier = torch.empty(channels, dtype=torch.int32)
+    shift = torch.empty(channels, dtype=torch.int32)
+    b_q = None if bias is None else torch.empty(channels, dtype=torch.int32)
+    no_bias = np.zeros(0, np.float32)
+    status = kernels.requantization_params(
+        float(input_scale), scales, float(output_scale),
+        no_bias if bias is None else bias.detach().float().numpy(), multiplier.numpy(), shift.numpy(),
+        no_bias.astype(np.int32) if b_q is None else b_q.numpy())
+    if status:  # the messages of the torch / reference formulations
+        if status == 3:
+            raise ValueError("bias does not fit int32 at scale input_scale * weight_scale")
+        real = input_scale * scales / output_scale
+        raise ValueError(f"real: real multiplier must be {'finite and >= 0' if status == 1 else 'below 2**30 (shift <= 30)'}"
+                         f", got {real}")
+    return w_q, b_q, multiplier, shift
 
 
-def _lsq_scale_grad(grad_weight_real, w_q, ratio, inside, weight_bits):
-    """LSQ (Esser et al., 2020) gradient of the per-channel step size s[c]:
-    d(w_hat)/ds = round(w/s) - w/s inside the range and +-Q where clamped, scaled by
-    1/sqrt(numel_per_channel * Q) as the paper recommends."""
+def _lsq_scale_grad(grad_weight_real, slope, weight_bits):
+    """LSQ (Esser et al., 2020) gradient of the per-channel step size s[c]: sum_k dL/dw_hat *
+    d(w_hat)/ds, d(w_hat)/ds = round(w/s) - w/s inside the range and +-Q where clamped, scaled
+    by 1/sqrt(numel_per_channel * Q) as the paper recommends."""
     limit = qp.weight_max(weight_bits)
-    d_scale = torch.where(inside, w_q.double() - ratio, w_q.double())
-    per_channel = grad_weight_real.double() * d_scale
+    per_channel = grad_weight_real.double() * slope
     numel = per_channel[0].numel()
     return (per_channel.flatten(1).sum(dim=1) / math.sqrt(numel * limit)).float()
 
+
+# ---- the training ops' shared forward and backward -----------------------------------------------
+#
+# `params` below is the tuple (input_scale, input_zero_point, output_scale, output_zero_point,
+# act_min, act_max, weight_bits, rounding, backend) and `geometry` () for a linear layer or
+# (stride, padding, dilation, groups) for a convolution, in the custom ops' argument order.
+
+
+def _check_layer_shapes(x: Tensor, weight: Tensor, geometry) -> None:
+    """The shape checks of intunlearn.ops that the float inputs of a training op can fail (the
+    int8 tensors derived from them are valid by construction, so the integer op is called on
+    the backend directly)."""
+    if not geometry:
+        if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
+            raise ValueError(f"quant_linear: x must be [N, IN] and weight [OUT, IN] with the same IN, "
+                             f"got {tuple(x.shape)} and {tuple(weight.shape)}")
+        return
+    stride, padding, dilation, groups = geometry
+    if x.dim() != 4 or weight.dim() != 4 or groups < 1 or x.shape[1] != weight.shape[1] * groups \
+            or weight.shape[0] % groups:
+        raise ValueError(f"quant_conv2d: x must be [N, C, H, W] and weight [OC, C/groups, KH, KW] with groups "
+                         f"dividing OC, got {tuple(x.shape)}, {tuple(weight.shape)}, groups={groups}")
+    if min(_conv_output_shape(x.shape, weight.shape, stride, padding, dilation)[2:]) < 1:
+        raise ValueError(f"quant_conv2d: x spatial size {tuple(x.shape[2:])} with padding {padding} is "
+                         f"smaller than the dilated kernel {tuple(weight.shape[2:])} x {dilation}")
+
+
+def _integer_forward(x, weight, bias, weight_scale, params, geometry):
+    """Real input -> quantize -> integer layer on the backend -> (y_real float32, x_q int8,
+    x_inside bool, y_q int8)."""
+    (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max, weight_bits,
+     rounding, backend) = params
+    _check_layer_shapes(x, weight, geometry)
+    x_q, x_inside = quantize_input(x, input_scale, input_zero_point)
+    w_q, b_q, multiplier, shift = integer_params(weight, bias, weight_scale, input_scale, output_scale,
+                                                 weight_bits)
+    kernels = resolve(backend, x.device)
+    requant = {"input_zero_point": input_zero_point, "output_zero_point": output_zero_point,
+               "multiplier": multiplier, "shift": shift, "act_min": act_min, "act_max": act_max,
+               "rounding": rounding}
+    if geometry:
+        stride, padding, dilation, groups = geometry
+        y_q = kernels.qconv2d(x_q, w_q, b_q, weight_shape=tuple(weight.shape), stride=tuple(stride),
+                              padding=tuple(padding), dilation=tuple(dilation), groups=groups, **requant)
+    else:
+        y_q = kernels.qlinear(x_q, w_q, b_q, in_features=weight.shape[1], weight_zero_point=0, **requant)
+    return qp.dequantize_activation(y_q, output_scale, output_zero_point), x_q, x_inside, y_q
+
+
+def _integer_backward(grad_output, x_q, x_inside, y_q, weight, bias, weight_scale, sample_weights,
+                      params, geometry, needs_input, needs_weight, needs_scale):
+    """STE backward from the forward's int8 tensors: the backend's backward kernel, then the
+    input-saturation and weight-clipping masks and the LSQ step-size gradient.
+    Returns (grad_x, grad_weight, grad_bias, grad_weight_scale), None where not needed."""
+    input_scale, input_zero_point, _, _, act_min, act_max, weight_bits, _, backend = params
+    w_q, w_inside, slope = quantize_weight(weight, weight_scale, weight_bits)
+    kernels = resolve(backend, x_q.device)
+    common = {"input_zero_point": input_zero_point, "input_scale": input_scale,
+              "weight_scales": weight_scale.detach().float(), "act_min": act_min, "act_max": act_max,
+              "sample_weights": sample_weights, "needs_input_grad": needs_input,
+              "needs_weight_grad": needs_weight or needs_scale}
+    if geometry:
+        stride, padding, dilation, groups = geometry
+        grad_x, grad_w, grad_b = kernels.qconv2d_backward(
+            grad_output.contiguous(), y_q, x_q, w_q, weight_shape=tuple(weight.shape), stride=tuple(stride),
+            padding=tuple(padding), dilation=tuple(dilation), groups=groups, **common)
+    else:
+        grad_x, grad_w, grad_b = kernels.qlinear_backward(grad_output.contiguous(), y_q, x_q, w_q,
+                                                          in_features=weight.shape[1], **common)
+    grad_w = None if grad_w is None else grad_w.reshape(weight.shape)
+    return (torch.where(x_inside, grad_x, 0.0).to(x_inside.device) if needs_input else None,
+            torch.where(w_inside, grad_w, 0.0).to(weight.dtype) if needs_weight else None,
+            grad_b.to(bias.dtype) if needs_weight and bias is not None else None,
+            _lsq_scale_grad(grad_w, slope, weight_bits).to(weight_scale.dtype) if needs_scale else None)
+
+
+def _custom_op_backward(grad_output, x, weight, bias, weight_scale, sample_weights, output, params,
+                        geometry, needs_input, needs_weight, needs_scale):
+    """The backward custom ops: recover the forward's int8 tensors from its float input and
+    output (both on exact grids), then the shared backward. Custom-op outputs may not be None
+    or alias each other: gradients not asked for come back as empty tensors."""
+    input_scale, input_zero_point, output_scale, output_zero_point = params[:4]
+    x_q, x_inside = quantize_input(x, input_scale, input_zero_point)
+    y_q = (qp.round_half_away(output.double() / output_scale) + output_zero_point).to(torch.int8)
+    grads = _integer_backward(grad_output, x_q, x_inside, y_q, weight, bias, weight_scale, sample_weights,
+                              params, geometry, needs_input, needs_weight, needs_scale)
+    grad_x, grad_w, grad_b, grad_s = grads
+    return (x.new_empty(0) if grad_x is None else grad_x.to(x.dtype),
+            x.new_empty(0) if grad_w is None else grad_w,
+            x.new_empty(0) if grad_b is None else grad_b.clone(),
+            x.new_empty(0) if grad_s is None else grad_s)
+
+
+class _EagerIntegerLayer(torch.autograd.Function):
+    """quant_linear / quant_conv2d outside torch.compile: the same forward and STE backward as
+    the custom ops, without their dispatch (about 0.1 ms a call, a third of a small layer) and
+    saving the forward's int8 tensors rather than recomputing them for the backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, weight_scale, sample_weights, params, geometry):
+        y, x_q, x_inside, y_q = _integer_forward(x, weight, bias, weight_scale, params, geometry)
+        ctx.save_for_backward(x_q, x_inside, y_q, weight, bias, weight_scale, sample_weights)
+        ctx.params, ctx.geometry = params, geometry
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        x_q, x_inside, y_q, weight, bias, weight_scale, sample_weights = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_x, grad_w, grad_b, grad_s = _integer_backward(
+            grad_output, x_q, x_inside, y_q, weight, bias, weight_scale, sample_weights, ctx.params,
+            ctx.geometry, needs[0], needs[1] or needs[2], needs[3])
+        return (grad_x, grad_w if needs[1] else None, grad_b if needs[2] else None, grad_s, None, None,
+                None)
+
+
+def _eager(*tensors) -> bool:
+    """Whether to take the eager path: not while torch.compile / export traces (the custom ops
+    are what they see) and only on real tensors."""
+    return not torch.compiler.is_compiling() and not any(
+        isinstance(t, torch._subclasses.FakeTensor) for t in tensors if t is not None)
+
+
+def apply_quant_linear(x, weight, bias, weight_scale, sample_weights, *params):
+    """`intunlearn::quant_linear` with autograd, taking the eager path where it can."""
+    if _eager(x, weight):
+        return _EagerIntegerLayer.apply(x, weight, bias, weight_scale, sample_weights, params, ())
+    return torch.ops.intunlearn.quant_linear(x, weight, bias, weight_scale, sample_weights, *params)
+
+
+def apply_quant_conv2d(x, weight, bias, weight_scale, sample_weights, *params_and_geometry):
+    """`intunlearn::quant_conv2d` with autograd, taking the eager path where it can."""
+    if _eager(x, weight):
+        params, geometry = params_and_geometry[:9], params_and_geometry[9:]
+        return _EagerIntegerLayer.apply(x, weight, bias, weight_scale, sample_weights, params, geometry)
+    return torch.ops.intunlearn.quant_conv2d(x, weight, bias, weight_scale, sample_weights,
+                                             *params_and_geometry)
+
+
+
+def apply_qadd(a_q: Tensor, b_q: Tensor, params: dict, act_min: int, act_max: int, backend: str) -> Tensor:
+    """`intunlearn::qadd` (params: qparams.add_params' keywords), called without the custom
+    op's dispatch outside torch.compile."""
+    if _eager(a_q, b_q):
+        return ops.qadd(a_q, b_q, **params, act_min=act_min, act_max=act_max, backend=backend)
+    return torch.ops.intunlearn.qadd(a_q, b_q, params["a_zero_point"], params["a_multiplier"], params["a_shift"],
+                                     params["b_zero_point"], params["b_multiplier"], params["b_shift"],
+                                     params["left_shift"], params["output_zero_point"],
+                                     params["output_multiplier"], params["output_shift"], act_min, act_max,
+                                     backend)
+
+
+def apply_qavg_pool2d(x_q: Tensor, kernel_size, stride, padding, act_min: int, act_max: int,
+                      backend: str) -> Tensor:
+    """`intunlearn::qavg_pool2d`, called without the custom op's dispatch outside torch.compile."""
+    if _eager(x_q):
+        return ops.qavg_pool2d(x_q, tuple(kernel_size), tuple(stride), tuple(padding), act_min, act_max,
+                               backend=backend)
+    return torch.ops.intunlearn.qavg_pool2d(x_q, list(kernel_size), list(stride), list(padding), act_min,
+                                            act_max, backend)
 
 # ---- quant_linear -----------------------------------------------------------------------------
 
@@ -149,44 +347,14 @@ def quant_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight_scale
                  output_scale: float, output_zero_point: int, act_min: int, act_max: int,
                  weight_bits: int, rounding: str, backend: str) -> Tensor:
     """Real input [N, IN] -> true-integer linear -> dequantized output [N, OUT] (float32)."""
-    x_q, _ = quantize_input(x, input_scale, input_zero_point)
-    w_q, _, _, b_q, multiplier, shift = integer_params(weight, bias, weight_scale, input_scale,
-                                                        output_scale, weight_bits)
-    y = ops.qlinear(x_q, w_q, b_q, input_zero_point=input_zero_point,
-                    output_zero_point=output_zero_point, multiplier=multiplier, shift=shift,
-                    act_min=act_min, act_max=act_max, weight_bits=weight_bits, rounding=rounding,
-                    backend=backend)
-    return (output_scale * (y.double() - output_zero_point)).float()
+    params = (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max,
+              weight_bits, rounding, backend)
+    return _integer_forward(x, weight, bias, weight_scale, params, ())[0]
 
 
 @quant_linear.register_fake
 def _(x, weight, *args):
     return x.new_empty((x.shape[0], weight.shape[0]), dtype=torch.float32)
-
-
-def _ste_backward(kernel_name, geometry, grad_output, x, weight, bias, weight_scale, sample_weights,
-                  output, input_scale, input_zero_point, output_scale, output_zero_point, act_min,
-                  act_max, weight_bits, backend, needs_input, needs_weight, needs_scale):
-    """STE backward shared by quant_linear and quant_conv2d: recover the int8 tensors, call the
-    backend's backward kernel, apply the input-saturation and weight-clipping masks and form the
-    LSQ step-size gradient. Gradients not asked for come back as empty tensors."""
-    x_q, x_inside = quantize_input(x, input_scale, input_zero_point)
-    w_q, ratio, w_inside = quantize_weight(weight, weight_scale, weight_bits)
-    y_q = (qp.round_half_away(output.double() / output_scale) + output_zero_point).to(torch.int8)
-    backward = getattr(resolve(backend, x.device), kernel_name)
-    grad_x, grad_w, grad_b = backward(
-        grad_output.contiguous(), y_q, x_q, w_q, **geometry, input_zero_point=input_zero_point,
-        input_scale=input_scale, weight_scales=weight_scale.detach().float(), act_min=act_min,
-        act_max=act_max, sample_weights=sample_weights, needs_input_grad=needs_input,
-        needs_weight_grad=needs_weight or needs_scale)
-    empty = lambda: x.new_empty(0)  # noqa: E731  (custom-op outputs may not alias each other)
-    grad_scale = empty()
-    if needs_scale:
-        grad_scale = _lsq_scale_grad(grad_w, w_q, ratio, w_inside, weight_bits).to(weight_scale.dtype)
-    return (torch.where(x_inside, grad_x, 0.0).to(x.dtype) if needs_input else empty(),
-            torch.where(w_inside, grad_w, 0.0).to(weight.dtype) if needs_weight else empty(),
-            grad_b.to(bias.dtype).clone() if needs_weight and bias is not None else empty(),
-            grad_scale)
 
 
 def _fake_ste_backward(x, weight, bias, weight_scale, needs_input, needs_weight, needs_scale):
@@ -205,12 +373,9 @@ def _autograd_backward(ctx, grad_output, backward_op, geometry):
     """Calls the backward op (itself a custom op, so the backward traces under torch.compile)
     and maps the empty tensors of gradients not asked for back to None."""
     x, weight, bias, weight_scale, sample_weights, output = ctx.saved_tensors
-    (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max, weight_bits,
-     _rounding, backend) = ctx.params[:9]
     needs = ctx.needs_input_grad
-    grads = backward_op(grad_output, x, weight, bias, weight_scale, sample_weights, output, input_scale,
-                        input_zero_point, output_scale, output_zero_point, act_min, act_max,
-                        weight_bits, backend, needs[0], needs[1] or needs[2], needs[3], *geometry)
+    grads = backward_op(grad_output, x, weight, bias, weight_scale, sample_weights, output,
+                        *ctx.params[:9], needs[0], needs[1] or needs[2], needs[3], *geometry)
     asked = (needs[0], needs[1], needs[2] and bias is not None, needs[3])
     return tuple(g if wanted else None for g, wanted in zip(grads, asked)) + (None,) * (len(ctx.params) + 1)
 
@@ -220,18 +385,18 @@ def quant_linear_backward(grad_output: Tensor, x: Tensor, weight: Tensor, bias: 
                           weight_scale: Tensor, sample_weights: Optional[Tensor], output: Tensor,
                           input_scale: float, input_zero_point: int, output_scale: float,
                           output_zero_point: int, act_min: int, act_max: int, weight_bits: int,
-                          backend: str, needs_input: bool, needs_weight: bool, needs_scale: bool
-                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                          rounding: str, backend: str, needs_input: bool, needs_weight: bool,
+                          needs_scale: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad_x, grad_weight, grad_bias, grad_weight_scale) of quant_linear; empty where not needed."""
-    return _ste_backward("qlinear_backward", {"in_features": weight.shape[1]}, grad_output, x, weight,
-                         bias, weight_scale, sample_weights, output, input_scale, input_zero_point,
-                         output_scale, output_zero_point, act_min, act_max, weight_bits, backend,
-                         needs_input, needs_weight, needs_scale)
+    params = (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max,
+              weight_bits, rounding, backend)
+    return _custom_op_backward(grad_output, x, weight, bias, weight_scale, sample_weights, output, params,
+                               (), needs_input, needs_weight, needs_scale)
 
 
 @quant_linear_backward.register_fake
 def _(grad_output, x, weight, bias, weight_scale, sample_weights, output, input_scale, input_zero_point,
-      output_scale, output_zero_point, act_min, act_max, weight_bits, backend, needs_input,
+      output_scale, output_zero_point, act_min, act_max, weight_bits, rounding, backend, needs_input,
       needs_weight, needs_scale):
     return _fake_ste_backward(x, weight, bias, weight_scale, needs_input, needs_weight, needs_scale)
 
@@ -251,15 +416,9 @@ def quant_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight_scale
                  weight_bits: int, rounding: str, backend: str, stride: list[int],
                  padding: list[int], dilation: list[int], groups: int) -> Tensor:
     """Real NCHW input -> true-integer convolution -> dequantized output (float32)."""
-    x_q, _ = quantize_input(x, input_scale, input_zero_point)
-    w_q, _, _, b_q, multiplier, shift = integer_params(weight, bias, weight_scale, input_scale,
-                                                        output_scale, weight_bits)
-    y = ops.qconv2d(x_q, w_q, b_q, stride=tuple(stride), padding=tuple(padding),
-                    dilation=tuple(dilation), groups=groups, input_zero_point=input_zero_point,
-                    output_zero_point=output_zero_point, multiplier=multiplier, shift=shift,
-                    act_min=act_min, act_max=act_max, weight_bits=weight_bits, rounding=rounding,
-                    backend=backend)
-    return (output_scale * (y.double() - output_zero_point)).float()
+    params = (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max,
+              weight_bits, rounding, backend)
+    return _integer_forward(x, weight, bias, weight_scale, params, (stride, padding, dilation, groups))[0]
 
 
 @quant_conv2d.register_fake
@@ -275,21 +434,19 @@ def quant_conv2d_backward(grad_output: Tensor, x: Tensor, weight: Tensor, bias: 
                           weight_scale: Tensor, sample_weights: Optional[Tensor], output: Tensor,
                           input_scale: float, input_zero_point: int, output_scale: float,
                           output_zero_point: int, act_min: int, act_max: int, weight_bits: int,
-                          backend: str, needs_input: bool, needs_weight: bool, needs_scale: bool,
-                          stride: list[int], padding: list[int], dilation: list[int], groups: int
-                          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                          rounding: str, backend: str, needs_input: bool, needs_weight: bool,
+                          needs_scale: bool, stride: list[int], padding: list[int], dilation: list[int],
+                          groups: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(grad_x, grad_weight, grad_bias, grad_weight_scale) of quant_conv2d; empty where not needed."""
-    geometry = {"weight_shape": tuple(weight.shape), "stride": tuple(stride), "padding": tuple(padding),
-                "dilation": tuple(dilation), "groups": groups}
-    return _ste_backward("qconv2d_backward", geometry, grad_output, x, weight, bias, weight_scale,
-                         sample_weights, output, input_scale, input_zero_point, output_scale,
-                         output_zero_point, act_min, act_max, weight_bits, backend, needs_input,
-                         needs_weight, needs_scale)
+    params = (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max,
+              weight_bits, rounding, backend)
+    return _custom_op_backward(grad_output, x, weight, bias, weight_scale, sample_weights, output, params,
+                               (stride, padding, dilation, groups), needs_input, needs_weight, needs_scale)
 
 
 @quant_conv2d_backward.register_fake
 def _(grad_output, x, weight, bias, weight_scale, sample_weights, output, input_scale, input_zero_point,
-      output_scale, output_zero_point, act_min, act_max, weight_bits, backend, needs_input,
+      output_scale, output_zero_point, act_min, act_max, weight_bits, rounding, backend, needs_input,
       needs_weight, needs_scale, stride, padding, dilation, groups):
     return _fake_ste_backward(x, weight, bias, weight_scale, needs_input, needs_weight, needs_scale)
 

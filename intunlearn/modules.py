@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from intunlearn import library  # noqa: F401  (registers the torch.library ops)
+from intunlearn import library
 from intunlearn import qparams as qp
 
 MODES = ("integer", "fake", "float")
@@ -273,8 +273,8 @@ class QuantLinear(_WeightedLayer):
         return _SampleWeightedLinear.apply(x, weight, bias, alpha)
 
     def integer_op(self, x, act_min, act_max):
-        return torch.ops.intunlearn.quant_linear(x, self.weight, self.bias, self.weight_scale,
-                                                 *self._common_op_args(act_min, act_max))
+        return library.apply_quant_linear(x, self.weight, self.bias, self.weight_scale,
+                                          *self._common_op_args(act_min, act_max))
 
 
 class QuantConv2d(_WeightedLayer):
@@ -316,7 +316,7 @@ class QuantConv2d(_WeightedLayer):
                                            self.dilation, self.groups)
 
     def integer_op(self, x, act_min, act_max):
-        return torch.ops.intunlearn.quant_conv2d(
+        return library.apply_quant_conv2d(
             x, self.weight, self.bias, self.weight_scale, *self._common_op_args(act_min, act_max),
             list(self.stride), list(self.padding), list(self.dilation), self.groups)
 
@@ -356,13 +356,9 @@ class QuantAdd(QuantModule):
         qa, qb, qy = self.input_qparams("a"), self.input_qparams("b"), self.output_qparams
         a_q = qp.quantize(a.detach(), qa.scale, qa.zero_point, -128, 127)
         b_q = qp.quantize(b.detach(), qb.scale, qb.zero_point, -128, 127)
-        params = qp.add_params(qa, qb, qy)
-        y = torch.ops.intunlearn.qadd(a_q, b_q, params["a_zero_point"], params["a_multiplier"],
-                                      params["a_shift"], params["b_zero_point"], params["b_multiplier"],
-                                      params["b_shift"], params["left_shift"], params["output_zero_point"],
-                                      params["output_multiplier"], params["output_shift"], act_min,
-                                      act_max, self.backend)
-        return _straight_through(a + b, qp.dequantize(y, qy.scale, qy.zero_point), (y > act_min) & (y < act_max))
+        y = library.apply_qadd(a_q, b_q, qp.add_params(qa, qb, qy), act_min, act_max, self.backend)
+        return _straight_through(a + b, qp.dequantize_activation(y, qy.scale, qy.zero_point),
+                                 (y > act_min) & (y < act_max))
 
 
 class QuantAvgPool2d(QuantModule):
@@ -391,15 +387,14 @@ class QuantAvgPool2d(QuantModule):
             return self.fake_quantize_output(F.avg_pool2d(fake_quantize_activation(x, q), kernel, stride, (top, left),
                                                           count_include_pad=False))
         x_q = qp.quantize(x.detach(), q.scale, q.zero_point, -128, 127)
-        y = torch.ops.intunlearn.qavg_pool2d(x_q, list(kernel), list(stride), list(self.padding), -128, 127,
-                                             self.backend)
-        return _straight_through(y_float, qp.dequantize(y, q.scale, q.zero_point), torch.ones_like(y, dtype=torch.bool))
+        y = library.apply_qavg_pool2d(x_q, kernel, stride, self.padding, -128, 127, self.backend)
+        return _straight_through(y_float, qp.dequantize_activation(y, q.scale, q.zero_point))
 
 
-def _straight_through(float_value, integer_value, pass_mask):
+def _straight_through(float_value, integer_value, pass_mask=None):
     """integer_value in the forward pass; in the backward, the float computation's gradient
-    where pass_mask holds and zero elsewhere."""
-    gated = float_value * pass_mask
+    where pass_mask holds (everywhere if None) and zero elsewhere."""
+    gated = float_value if pass_mask is None else float_value * pass_mask
     return gated + (integer_value.to(float_value.dtype) - gated).detach()
 
 

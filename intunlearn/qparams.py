@@ -64,6 +64,17 @@ def quantize_activation(real: torch.Tensor, scale: float, zero_point: int, qmin:
     return unclamped.clamp(qmin, qmax).to(torch.int8), (unclamped >= qmin) & (unclamped <= qmax)
 
 
+def dequantize_activation(codes: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """float32 scale * (codes - zero_point) of per-tensor int8 codes, the product in float64."""
+    kernels = _cpu_kernels() if codes.device.type == "cpu" else None
+    if kernels is not None:
+        flat = codes.contiguous().reshape(-1)
+        out = torch.empty(flat.shape, dtype=torch.float32)
+        kernels.dequantize_per_tensor(flat.numpy(), float(scale), int(zero_point), out.numpy())
+        return out.reshape(codes.shape)
+    return (scale * (codes.double() - zero_point)).float()
+
+
 @dataclass(frozen=True)
 class ActivationQParams:
     """Per-tensor affine int8 quantization: real = scale * (q - zero_point)."""

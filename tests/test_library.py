@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import intunlearn  # noqa: F401  (registers the ops)
+from intunlearn import library
 from intunlearn import qparams as qp
 from intunlearn.backends import BACKENDS
 from intunlearn.modules import lsq_fake_quantize
@@ -96,16 +97,24 @@ def float64_reference_grads(inputs, op_output, geometry=None):
     return upstream.float(), grad_x * x_mask, grad_w * w_mask, grad_b
 
 
+# The training ops are reached two ways: the custom ops (what torch.compile traces) and the
+# eager autograd.Function the modules call; both must give the STE gradients.
+ENTRY_POINTS = {"custom_op": (OPS.quant_linear, OPS.quant_conv2d),
+                "eager": (library.apply_quant_linear, library.apply_quant_conv2d)}
+
+
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("kind", ["linear", "conv2d"])
 @pytest.mark.parametrize("bits, clip", [(8, False), (4, True)])
-def test_ste_gradients_match_float64_autograd(backend, kind, bits, clip):
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_ste_gradients_match_float64_autograd(backend, kind, bits, clip, entry):
+    linear_op, conv_op = ENTRY_POINTS[entry]
     if kind == "linear":
         inputs = linear_inputs(1, backend, bits=bits, clip_weights=clip)
-        op, geometry = OPS.quant_linear, None
+        op, geometry = linear_op, None
     else:
         inputs = conv_inputs(1, backend, bits=bits)
-        op, geometry = OPS.quant_conv2d, {k: inputs[k] for k in ("stride", "padding", "dilation", "groups")}
+        op, geometry = conv_op, {k: inputs[k] for k in ("stride", "padding", "dilation", "groups")}
     output = op(*inputs.values())
     upstream, grad_x, grad_w, grad_b = float64_reference_grads(inputs, output, geometry)
     output.backward(upstream)
@@ -116,12 +125,13 @@ def test_ste_gradients_match_float64_autograd(backend, kind, bits, clip):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
 @settings(max_examples=10)
 @given(seed=st.integers(0, 1000), bits=st.sampled_from([4, 8]))
-def test_lsq_step_size_gradient_agrees_with_fake_quant(backend, seed, bits):
+def test_lsq_step_size_gradient_agrees_with_fake_quant(backend, entry, seed, bits):
     """The integer op's explicit LSQ formula equals autograd through the fake-quant LSQ."""
     inputs = linear_inputs(seed, backend, bits=bits, clip_weights=True)
-    output = OPS.quant_linear(*inputs.values())
+    output = ENTRY_POINTS[entry][0](*inputs.values())
     upstream = torch.randn(output.shape, generator=torch.Generator().manual_seed(seed))
     output.backward(upstream)
     integer_grad = inputs["weight_scale"].grad.clone()
@@ -140,3 +150,30 @@ def _grad_w_hat(inputs, output, upstream):
     g = upstream.double() * ((y_code > inputs["act_min"]) & (y_code < inputs["act_max"]))
     g = g * inputs["sample_weights"].double()[:, None]
     return (g.T @ (s_x * (x_code - z_x))).float()
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("kind", ["linear", "conv2d"])
+def test_eager_path_equals_the_custom_ops_bit_for_bit(backend, kind):
+    """Same outputs and gradients from both entry points (the eager one saves the forward's int8
+    tensors; the custom op's backward recovers them from its float input and output)."""
+    results = []
+    for entry in ("custom_op", "eager"):
+        inputs = (linear_inputs if kind == "linear" else conv_inputs)(2, backend)
+        op = ENTRY_POINTS[entry][0 if kind == "linear" else 1]
+        output = op(*inputs.values())
+        output.backward(torch.linspace(-1, 1, output.numel()).reshape(output.shape))
+        results.append([output.detach()] + [inputs[k].grad for k in ("x", "weight", "bias", "weight_scale")])
+    for custom, eager in zip(*results):
+        assert torch.equal(custom, eager)
+
+
+def test_training_ops_name_mismatched_shapes():
+    inputs = linear_inputs(0, "auto")
+    inputs["x"] = torch.randn(5, 6)
+    with pytest.raises(ValueError, match="same IN"):
+        library.apply_quant_linear(*inputs.values())
+    inputs = conv_inputs(0, "auto")
+    inputs["groups"] = 3
+    with pytest.raises(ValueError, match="groups"):
+        library.apply_quant_conv2d(*inputs.values())

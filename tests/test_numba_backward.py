@@ -119,3 +119,41 @@ def test_numba_backward_clamped_outputs_pass_no_gradient():
         torch.ones(1, 2), output, x, weight, in_features=3, input_zero_point=0, input_scale=1.0,
         weight_scales=torch.ones(2), act_min=0, act_max=6)
     assert torch.count_nonzero(gi) == 0 and torch.count_nonzero(gw) == 0 and torch.count_nonzero(gb) == 0
+
+
+@pytest.mark.parametrize("shape", [
+    # (batch, channels, size, out_channels, kernel, stride, padding, dilation, groups)
+    (3, 8, 12, 70, 3, 1, (1, 2, 0, 1), 1, 1),    # > 64 output channels and > 64 im2col columns
+    (2, 12, 9, 24, 3, 2, (1, 1, 1, 1), 2, 3),    # grouped, strided, dilated
+    (2, 16, 7, 16, 3, 1, (1, 1, 1, 1), 1, 16),   # depthwise
+    (2, 3, 70, 5, 1, 1, (0, 0, 0, 0), 1, 1),     # > 8192 positions: several partial sums
+])
+def test_numba_qconv2d_backward_large_blocks(shape):
+    """Shapes past one register tile, one row chunk and one partial-sum share."""
+    batch, channels, size, out_channels, kernel, stride, pads, dilation, groups = shape
+    rng = np.random.default_rng(sum(shape[:5]))
+    x = torch.from_numpy(rng.integers(-128, 128, (batch, channels, size, size), dtype=np.int8))
+    weight = torch.from_numpy(rng.integers(-127, 128, (out_channels, channels // groups, kernel, kernel),
+                                           dtype=np.int8))
+    geometry = dict(stride=(stride, stride), padding=pads, dilation=(dilation, dilation), groups=groups)
+    out_h = (size + pads[0] + pads[1] - dilation * (kernel - 1) - 1) // stride + 1
+    out_w = (size + pads[2] + pads[3] - dilation * (kernel - 1) - 1) // stride + 1
+    output = torch.from_numpy(rng.integers(-128, 128, (batch, out_channels, out_h, out_w), dtype=np.int8))
+    grad_output = torch.from_numpy(rng.standard_normal(tuple(output.shape)).astype(np.float32))
+    alpha = torch.from_numpy(rng.uniform(0.0, 2.0, batch).astype(np.float32))
+    weight_scales = torch.from_numpy(rng.uniform(0.001, 0.1, out_channels).astype(np.float32))
+    gi, gw, gb = numba_cpu.qconv2d_backward(
+        grad_output, output, x, weight, weight_shape=tuple(weight.shape), **geometry,
+        input_zero_point=-3, input_scale=0.05, weight_scales=weight_scales, act_min=-120,
+        act_max=120, sample_weights=alpha)
+
+    def forward(x_real, w_real, b_real):
+        padded = torch.nn.functional.pad(x_real, (pads[2], pads[3], pads[0], pads[1]))
+        return torch.nn.functional.conv2d(padded, w_real, b_real, stride=stride, dilation=dilation,
+                                          groups=groups)
+
+    want_gi, want_gw, want_gb = _float64_grads(forward, x, weight, True, output, grad_output, alpha, 0.05,
+                                               -3, weight_scales, -120, 120, (-1, 1, 1, 1))
+    _assert_close(gi, want_gi)
+    _assert_close(gw, want_gw)
+    _assert_close(gb, want_gb)

@@ -91,3 +91,75 @@ def test_numba_quantizer_is_bit_identical_to_the_torch_formulation(values, scale
     assert torch.equal(codes, unclamped.clamp(-128, 127).to(torch.int8))
     assert torch.equal(inside, (unclamped >= -128) & (unclamped <= 127))
     assert torch.equal(qparams.round_half_away(ratio), rounded)
+
+
+def _round_half_away_oracle(values):
+    from intunlearn.reference.fixedpoint import round_half_away_from_zero
+    return torch.from_numpy(round_half_away_from_zero(values.double().numpy()))
+
+
+@given(st.integers(1, 5), st.integers(1, 9), st.sampled_from([4, 8]), st.integers(0, 2**32 - 1),
+       st.booleans())
+def test_training_weight_quantizer_matches_the_float64_formulation(rows, cols, bits, seed, ties):
+    """library.quantize_weight (a Numba pass on CPU): codes, STE mask and LSQ slope exactly as
+    the float64 formulas give them, ties (w / s = k + 1/2) and clipping included."""
+    from intunlearn.library import quantize_weight
+    rng = np.random.default_rng(seed)
+    limit = qparams.weight_max(bits)
+    scales = torch.from_numpy(rng.uniform(0.01, 1.0, rows).astype(np.float32))
+    if ties:
+        halves = rng.integers(-2 * limit - 4, 2 * limit + 4, (rows, cols)) + 0.5
+        weight = (torch.from_numpy(halves).float() * scales[:, None]).float()
+    else:
+        weight = torch.from_numpy(rng.normal(0, limit * 0.7, (rows, cols)).astype(np.float32)) * scales[:, None]
+    codes, inside, slope = quantize_weight(weight, scales, bits)
+    ratio = weight.double() / scales.double()[:, None]
+    want = _round_half_away_oracle(ratio).clamp(-limit, limit)
+    assert torch.equal(codes, want.to(torch.int8))
+    assert torch.equal(inside, ratio.abs() <= limit)
+    assert torch.equal(slope, torch.where(ratio.abs() <= limit, want - ratio, want))
+    assert torch.equal(quantize_weight(weight, scales, bits, ste=False)[0], codes)
+
+
+@given(st.lists(st.floats(1e-6, 1.0), min_size=1, max_size=6), st.floats(1e-4, 1.0), st.floats(1e-4, 10.0),
+       st.integers(0, 2**32 - 1))
+def test_integer_params_match_the_reference_multiplier_and_bias(weight_scales, input_scale, output_scale, seed):
+    """The fused Numba derivation of multipliers, shifts and int32 biases equals
+    reference QuantizeMultiplier and qparams.quantize_bias."""
+    from intunlearn.library import integer_params
+    from intunlearn.reference.fixedpoint import quantize_multiplier
+    scales = torch.tensor(weight_scales, dtype=torch.float32)
+    real = input_scale * scales.double() / output_scale
+    assume(bool((real < 2**29).all()))
+    rng = np.random.default_rng(seed)
+    weight = torch.from_numpy(rng.normal(0, 1, (len(weight_scales), 3)).astype(np.float32))
+    bias = torch.from_numpy(rng.normal(0, 1, len(weight_scales)).astype(np.float32))
+    try:
+        want_bias = qparams.quantize_bias(bias, input_scale, scales.double())
+    except ValueError:  # both refuse a bias beyond int32
+        with pytest.raises(ValueError, match="bias does not fit int32"):
+            integer_params(weight, bias, scales, input_scale, output_scale, 8)
+        bias, want_bias = None, None
+    _, b_q, multiplier, shift = integer_params(weight, bias, scales, input_scale, output_scale, 8)
+    want_multiplier, want_shift = quantize_multiplier(real.numpy())
+    assert multiplier.tolist() == want_multiplier.tolist() and shift.tolist() == want_shift.tolist()
+    assert (b_q is None) == (want_bias is None) and (b_q is None or torch.equal(b_q, want_bias))
+
+
+def test_integer_params_name_what_does_not_fit():
+    from intunlearn.library import integer_params
+    weight, scales = torch.ones(2, 3), torch.tensor([1.0, 1.0])
+    with pytest.raises(ValueError, match="bias does not fit int32"):
+        integer_params(weight, torch.tensor([1e6, 0.0]), scales, 1e-6, 1.0, 8)
+    with pytest.raises(ValueError, match="below 2\\*\\*30"):
+        integer_params(weight, None, scales, 2.0**31, 1.0, 8)
+    with pytest.raises(ValueError, match="finite"):
+        integer_params(weight, None, torch.tensor([1.0, float("nan")]), 1.0, 1.0, 8)
+
+
+@given(st.lists(st.integers(-128, 127), min_size=1, max_size=40), st.floats(1e-4, 10.0),
+       st.integers(-128, 127))
+def test_dequantize_activation_is_the_float64_product_rounded_once(codes, scale, zero_point):
+    q = torch.tensor(codes, dtype=torch.int8)
+    assert torch.equal(qparams.dequantize_activation(q, scale, zero_point),
+                       (scale * (q.double() - zero_point)).float())

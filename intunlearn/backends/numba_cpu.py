@@ -296,9 +296,6 @@ def qavg_pool2d(x, *, kernel_size, stride, padding, act_min, act_max):
 # Backward (STE) with fused per-sample weights
 # --------------------------------------------------------------------------------------------
 
-_BACKWARD_ROWS_PER_CHUNK = 8192  # output positions (n, oy, ox) lowered at a time
-
-
 def _unpacked_weight(weight, out_channels, length) -> np.ndarray:
     """int weight values as float32 [OC, length] (packed int4 is unpacked)."""
     from intunlearn.backends.reference import unpacked_weight
@@ -308,55 +305,79 @@ def _unpacked_weight(weight, out_channels, length) -> np.ndarray:
 def _conv_backward(grad_output, output, x, weight, *, weight_shape, groups, geometry,
                    input_zero_point, input_scale, weight_scales, act_min, act_max,
                    sample_weights, needs_input_grad, needs_weight_grad):
-    """Shared STE backward on NCHW-shaped numpy views (linear: 1x1 conv of a 1x1 image)."""
+    """Shared STE backward on NCHW-shaped numpy views (linear: 1x1 conv of a 1x1 image); see
+    kernels/cpu/backward.py for the layout."""
     from intunlearn.kernels.cpu import backward as bk
 
     out_channels, group_channels, kernel_h, kernel_w = weight_shape
-    group_rows = out_channels // groups
+    out_group_channels = out_channels // groups
     length = group_channels * kernel_h * kernel_w
-    batch, positions = x.shape[0], geometry[-1]
+    batch, channels = x.shape[0], x.shape[1]
+    _, _, stride_h, stride_w, top, left, dilation_h, dilation_w, out_w, positions = geometry
+    out_h = positions // out_w
+    rows = batch * positions
+    # The padded image spans exactly what the taps read; input pixels outside it get no gradient.
+    height_padded = (out_h - 1) * stride_h + (kernel_h - 1) * dilation_h + 1
+    width_padded = (out_w - 1) * stride_w + (kernel_w - 1) * dilation_w + 1
+    row_base, column_offsets = bk.tap_offsets(batch, out_h, out_w, stride_h, stride_w, dilation_h,
+                                              dilation_w, kernel_h, kernel_w, group_channels,
+                                              height_padded, width_padded, channels)
+
     go = np.ascontiguousarray(grad_output, dtype=np.float32).reshape(batch, out_channels, positions)
     y = np.ascontiguousarray(output).reshape(batch, out_channels, positions)
     alpha = (np.ones(batch, np.float32) if sample_weights is None
              else sample_weights.detach().cpu().numpy().astype(np.float32))
-    scales = np.broadcast_to(weight_scales.detach().cpu().numpy().astype(np.float32).reshape(-1),
-                             (out_channels,))
-    images_per_chunk = max(1, _BACKWARD_ROWS_PER_CHUNK // positions)
-    group_rows_4 = bk.padded(group_rows, bk.TILE_M)
-    length_2 = bk.padded(length, bk.TILE_N)
-
-    if needs_input_grad:
-        # Transposed weights s_w[c] * w[c, k] as rows k: [G, Kg_pad4, OCg_pad].
-        w = _unpacked_weight(weight, out_channels, length) * scales[:, None]
-        weight_t = np.zeros((groups, bk.padded(length, bk.TILE_N), bk.padded(group_rows, 1)), np.float32)
-        weight_t[:, :length, :group_rows] = w.reshape(groups, group_rows, length).transpose(0, 2, 1)
-        grad_input = np.zeros(x.shape, np.float32)
-    grad_weight = np.zeros((groups, group_rows_4, length_2), np.float32)
-    grad_bias = np.zeros(out_channels, np.float64)
-
-    for image_start in range(0, batch, images_per_chunk):
-        image_count = min(images_per_chunk, batch - image_start)
-        rows = image_count * positions
-        by_channel = np.zeros((groups, group_rows_4, rows), np.float32)
-        by_row = np.zeros((groups, bk.padded(rows, bk.TILE_M), group_rows), np.float32)
-        bk.pack_masked_gradient(go, y, alpha, act_min, act_max, image_start, image_count,
-                                groups, by_channel, by_row)
-        grad_bias += by_channel[:, :group_rows, :].sum(axis=2, dtype=np.float64).reshape(-1)
-        if needs_weight_grad:
-            columns_t = np.zeros((groups, length_2, rows), np.float32)
-            bk.lower_centered_transposed(x, np.float64(input_zero_point), image_start,
-                                         image_count, geometry, columns_t)
-            bk.gemm_nt_accumulate(by_channel, columns_t, grad_weight)
-        if needs_input_grad:
-            columns = np.zeros((groups, by_row.shape[1], length_2), np.float32)
-            bk.gemm_nt_accumulate(by_row, weight_t, columns)
-            bk.col2im_accumulate(columns, image_start, image_count, geometry, grad_input)
+    stride = bk.row_stride(out_channels)
+    panel_size = rows * stride + _microkernel.NR
+    # Lanes past OC (row padding, zeroed by the packing kernel, and the tail) are read by the
+    # 64-wide tiles and dropped; they are kept zero so that no stale denormal slows the FMAs.
+    gradient_rows = np.empty(panel_size, np.float32)
+    weighted_rows = np.empty(panel_size if needs_weight_grad else _microkernel.NR, np.float32)
+    gradient_rows[rows * stride:] = 0
+    weighted_rows[-_microkernel.NR:] = 0
+    bias_partials = np.empty((batch, out_channels), np.float64)
+    with _serial_if_small(rows * out_channels * 8):
+        bk.pack_gradient_rows(go, y, alpha, act_min, act_max,
+                              gradient_rows[:rows * stride].reshape(rows, stride),
+                              (weighted_rows[:rows * stride].reshape(rows, stride) if needs_weight_grad
+                               else np.empty((0, stride), np.float32)),
+                              bias_partials)
+    grad_bias = bias_partials.sum(axis=0).astype(np.float32)
 
     grad_w = None
     if needs_weight_grad:
-        grad_w = (grad_weight[:, :group_rows, :length] * np.float32(input_scale)).reshape(
-            out_channels, length)
-    return (grad_input if needs_input_grad else None), grad_w, grad_bias.astype(np.float32)
+        image = np.empty((batch, height_padded, width_padded, channels), np.float32)
+        with _serial_if_small(image.size * 4):
+            bk.centered_image(x, np.float64(input_zero_point), top, left, image)
+        shares = -(-rows // bk.ROWS_PER_SHARE)
+        partial = np.empty((shares, groups, bk.padded(length, _microkernel.MR),
+                            bk.padded(out_group_channels, _microkernel.NR)), np.float32)
+        bk.weight_gradient(image.reshape(-1), row_base, column_offsets, weighted_rows, stride,
+                           group_channels, out_group_channels, partial)
+        summed = partial[0] if shares == 1 else partial.sum(axis=0)
+        grad_w = (summed[:, :length, :out_group_channels].transpose(0, 2, 1)
+                  * np.float32(input_scale)).reshape(out_channels, length)
+
+    grad_input = None
+    if needs_input_grad:
+        scales = np.broadcast_to(weight_scales.detach().cpu().numpy().astype(np.float32).reshape(-1),
+                                 (out_channels,))
+        columns_stride = bk.row_stride(length)
+        weight_flat = np.zeros(out_channels * columns_stride + _microkernel.NR, np.float32)
+        weight_t = weight_flat[:out_channels * columns_stride].reshape(out_channels, columns_stride)
+        weight_t[:, :length] = _unpacked_weight(weight, out_channels, length) * scales[:, None]
+        grad_image = np.empty((batch, height_padded, width_padded, channels), np.float32)
+        images_per_item = max(1, -(-4 * _microkernel.MR // positions))
+        bk.input_gradient(gradient_rows, stride, weight_flat, columns_stride, groups, row_base,
+                          column_offsets, positions, images_per_item, group_channels,
+                          out_group_channels, grad_image.reshape(-1))
+        if height_padded == width_padded == 1 and x.shape[2] == x.shape[3] == 1:
+            grad_input = grad_image.reshape(x.shape)  # a linear layer: already [N, C, 1, 1]
+        else:
+            grad_input = np.empty(x.shape, np.float32)
+            with _serial_if_small(grad_input.size * 4):
+                bk.image_to_nchw(grad_image, top, left, grad_input)
+    return grad_input, grad_w, grad_bias
 
 
 def qlinear_backward(grad_output, output, x, weight, *, in_features, input_zero_point,

@@ -12,9 +12,24 @@ x_real = s_x * (x - z_x) and w_real[c] = s_w[c] * w[c]:
 alpha_n enters the weight and bias reductions only: the input gradient stays per-sample, so a
 network whose every layer fuses alpha into its own reduction gets the gradient of
 sum_n alpha_n L_n with alpha applied exactly once. A fully connected layer is the 1x1
-convolution of a 1x1 image. The per-sample weights alpha_n are applied while packing the masked gradient into the GEMM panels (which the masking needs
-anyway), so no scaled copy of grad_output or x is made and no extra pass runs. Reductions run
-in float32 with 6x64 register tiles (see gemm_nt_accumulate).
+convolution of a 1x1 image.
+
+Layout: everything runs on the forward's implicit-GEMM geometry, with nothing lowered to an
+im2col matrix. Output positions r = (n, oy, ox) are rows; `row_base[r]` is the offset of the
+position's top-left tap in a padded NHWC image and `column_offsets[k]` the offset of im2col
+column k = (ci, ky, kx) from there, so (x - z_x) at (r, k) is image[row_base[r] +
+column_offsets[k]]. The masked gradient is packed once into row-major [R, OC] panels (one
+alpha-weighted for the weight reduction, one plain for the input gradient), and both
+reductions run on the 6 x 64 float32 register tile of microkernel.f32_gather_tile:
+
+* weight gradient: tile rows = 6 im2col columns, steps = output positions (the image read in
+  place through row_base), panel = the weighted gradient rows, 64 output channels wide;
+* input gradient: tile rows = 6 output positions, steps = output channels, panel = the scaled
+  weights transposed [OC][k], 64 im2col columns wide; the tile is scattered (col2im) straight
+  into a padded NHWC float image, one image per work item so no two items touch one element.
+
+Summation order depends on the shapes only (never on the thread count), so results repeat
+bit for bit on any machine with the same instruction set.
 """
 
 from __future__ import annotations
@@ -22,190 +37,179 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .microkernel import MR, NR, f32_tile
+from .microkernel import LANES, MR, NR, f32_gather_tile
 
-TILE_M = 4  # panel paddings the backend relies on (rows to a multiple of 4, K of 2)
-TILE_N = 2
-
-
-# The reductions are float32 GEMMs c += a @ b.T on the int8 forward's tiling (microkernel.py):
-# b is packed into 64-column panels [k][64], K is cut into chunks of K_CHUNK so that a panel
-# chunk (64 KB) stays in L2 while the 6-row register tiles of a row block pass it, and each
-# tile's 6 x 64 sums (24 zmm accumulators, vfmadd231ps) are added into c once per chunk.
-
-K_CHUNK = 256
-ROW_BLOCK = 96  # rows of a per work item (multiple of MR)
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _pack_columns(b):
-    """float32 [G, N, K] -> panels [G][ceil(N / 64)][K][64] (b transposed, zero padded)."""
-    groups, cols, length = b.shape
-    blocks = -(-cols // NR)
-    panel = np.zeros(groups * blocks * length * NR, np.float32)
-    for item in prange(groups * blocks):
-        g, block = item // blocks, item % blocks
-        base = item * length * NR
-        lanes = min(NR, cols - block * NR)
-        for k0 in range(0, length, 16):  # a 16 x 64 block of the panel (4 KB) stays in L1
-            for lane in range(lanes):
-                source = b[g, block * NR + lane]
-                for k in range(k0, min(k0 + 16, length)):
-                    panel[base + k * NR + lane] = source[k]
-    return panel
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def _gemm_panels_accumulate(a, panel, c, transposed):
-    """c[g] += a[g] @ b[g].T with b given as _pack_columns panels; a C-contiguous.
-    transposed: c holds the transpose, c[g] += (a[g] @ b[g].T).T."""
-    groups, rows, length = a.shape
-    cols = c.shape[1] if transposed else c.shape[2]
-    blocks = -(-cols // NR)
-    row_blocks = -(-rows // ROW_BLOCK)
-    a_flat = a.reshape(-1)
-    for item in prange(groups * row_blocks * blocks):
-        g = item // (row_blocks * blocks)
-        row_block = (item // blocks) % row_blocks
-        block = item % blocks
-        lanes = min(NR, cols - block * NR)
-        row_offsets = np.empty(MR, np.int64)
-        tile = np.empty(MR * NR, np.float32)
-        panel_base = (g * blocks + block) * length * NR
-        row_end = min((row_block + 1) * ROW_BLOCK, rows)
-        for k0 in range(0, length, K_CHUNK):
-            chunk = min(K_CHUNK, length - k0)
-            for i in range(row_block * ROW_BLOCK, row_end, MR):
-                count = min(MR, row_end - i)
-                for m in range(MR):  # rows past the end repeat the last one
-                    row_offsets[m] = (g * rows + i + min(m, count - 1)) * length + k0
-                f32_tile(a_flat, row_offsets, panel, panel_base + k0 * NR, chunk, tile)
-                for m in range(count):
-                    if transposed:
-                        for lane in range(lanes):
-                            c[g, block * NR + lane, i + m] += tile[m * NR + lane]
-                    else:
-                        target = c[g, i + m]
-                        for lane in range(lanes):
-                            target[block * NR + lane] += tile[m * NR + lane]
-
-
-def gemm_nt_accumulate(a, b, c):
-    """c[g] += a[g] @ b[g].T for float32 panels a [G, M, K], b [G, N, K], c [G, M, N].
-
-    One operand is packed into [k][64] panels (a transpose, O(rows * K)); the other is read in
-    place. The smaller one is packed: for the weight gradient b is the lowered input (K = the
-    positions of a chunk, N = C * KH * KW) and a the masked gradient (M = OC rows)."""
-    if a.shape[1] == 0 or b.shape[1] == 0 or a.shape[2] == 0:
-        return
-    if a.shape[1] < b.shape[1]:
-        _gemm_panels_accumulate(np.ascontiguousarray(b), _pack_columns(a), c, True)
-    else:
-        _gemm_panels_accumulate(np.ascontiguousarray(a), _pack_columns(b), c, False)
+ROWS_PER_CHUNK = 256    # positions per weight-gradient step: a 256 x 64 panel chunk is 64 KB (L2)
+ROWS_PER_SHARE = 8192   # positions per independent weight-gradient partial sum
 
 
 def padded(length: int, multiple: int) -> int:
     return -(-length // multiple) * multiple
 
 
+def row_stride(channels: int) -> int:
+    """Floats per row of the gradient panels: channels rounded up to a vector."""
+    return padded(max(channels, 1), LANES)
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def pack_masked_gradient(grad_output, output, alpha, act_min, act_max, image_start, image_count,
-                         groups, by_channel, by_row):
-    """grad_output zeroed where the output was clamped, for images [image_start, image_start +
-    image_count), into two panel layouts (zero padded): by_channel [G, OCg_pad4, R_pad] (rows =
-    channels) feeds the weight-gradient reduction and carries alpha_n; by_row [G, R_pad4, OCg_pad]
-    (rows = positions) feeds the input gradient, which stays per-sample (unweighted).
+def pack_gradient_rows(grad_output, output, alpha, act_min, act_max, rows, weighted_rows,
+                       bias_partials):
+    """Masked gradient into row-major panels (lanes past OC zeroed): rows[n * P + p, c] =
+    g[n, c, p] and, when weighted_rows has rows, weighted_rows[...] = alpha_n * g;
+    bias_partials[n, c] = sum_p alpha_n g[n, c, p] (float64, p ascending).
     grad_output float32 / output int8 [N, OC, P]."""
-    out_channels, positions = grad_output.shape[1], grad_output.shape[2]
-    group_rows = out_channels // groups
-    if positions == 1:
-        # A linear layer: 16 x 16 blocks of (image, channel), so that both layouts (one the
-        # other's transpose) are written in 64-byte runs.
-        image_blocks, channel_blocks = -(-image_count // 16), -(-out_channels // 16)
-        for item in prange(image_blocks * channel_blocks):
-            n0, c0 = (item // channel_blocks) * 16, (item % channel_blocks) * 16
-            for channel in range(c0, min(c0 + 16, out_channels)):
-                g, r = channel // group_rows, channel % group_rows
-                for local_n in range(n0, min(n0 + 16, image_count)):
-                    n = image_start + local_n
-                    y = output[n, channel, 0]
-                    value = np.float32(0)
-                    if act_min < y < act_max:
-                        value = grad_output[n, channel, 0]
-                    by_channel[g, r, local_n] = alpha[n] * value
-                    by_row[g, local_n, r] = value
-        return
-    for item in prange(image_count * out_channels):
-        local_n, channel = item // out_channels, item % out_channels
-        n = image_start + local_n
-        g, r = channel // group_rows, channel % group_rows
+    batch, channels, positions = grad_output.shape
+    weighted = weighted_rows.shape[0] > 0
+    for n in prange(batch):
         weight = alpha[n]
+        totals = np.zeros(channels, np.float64)
         for p in range(positions):
-            y = output[n, channel, p]
-            value = np.float32(0)
-            if act_min < y < act_max:
-                value = grad_output[n, channel, p]
-            by_channel[g, r, local_n * positions + p] = weight * value
-            by_row[g, local_n * positions + p, r] = value
+            row = rows[n * positions + p]
+            for c in range(channels):  # the transposing gather
+                y = output[n, c, p]
+                row[c] = grad_output[n, c, p] if act_min < y < act_max else np.float32(0)
+            row[channels:] = 0  # padding lanes: read by the 64-wide tiles, then dropped
+            if weighted:  # the rest runs along contiguous rows (vectorized)
+                target = weighted_rows[n * positions + p]
+                for c in range(channels):
+                    target[c] = weight * row[c]
+                target[channels:] = 0
+            for c in range(channels):
+                totals[c] += weight * row[c]
+        bias_partials[n] = totals
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def lower_centered_transposed(x, input_zero_point, image_start, image_count, geometry, panel):
-    """Transposed float32 im2col of x - z_x (padded taps 0): panel [G, Kg_pad2, R_pad],
-    panel[g, (ci, ky, kx), (n, oy, ox)]. Each item fills one panel row, output row by output
-    row, without divisions in the inner loop."""
-    (kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
-     out_w, positions) = geometry
-    out_h = positions // out_w
-    groups = panel.shape[0]
-    channels, height, width = x.shape[1], x.shape[2], x.shape[3]
-    group_channels = channels // groups
-    taps = kernel_h * kernel_w
-    for item in prange(groups * group_channels * taps):
-        g = item // (group_channels * taps)
-        ci = (item // taps) % group_channels
-        ky, kx = (item % taps) // kernel_w, item % kernel_w
-        target = panel[g, ci * taps + ky * kernel_w + kx]
-        for local_n in range(image_count):
-            plane = x[image_start + local_n, g * group_channels + ci]
-            for oy in range(out_h):
-                iy = oy * stride_h - pad_top + ky * dilation_h
-                row = target[(local_n * out_h + oy) * out_w:(local_n * out_h + oy + 1) * out_w]
-                if iy < 0 or iy >= height:
-                    row[:] = 0
-                    continue
-                source = plane[iy]
-                for ox in range(out_w):
-                    ix = ox * stride_w - pad_left + kx * dilation_w
+def centered_image(x, input_zero_point, top, left, out):
+    """out [N, Hp, Wp, C] float32 = x - z_x where the padded image holds x, 0 in the padding.
+    Rows / columns of x past the image's extent (never read by a tap) are left out."""
+    batch, channels, height, width = x.shape
+    height_padded, width_padded = out.shape[1], out.shape[2]
+    for n in prange(batch):
+        for py in range(height_padded):
+            for px in range(width_padded):
+                target = out[n, py, px]
+                iy, ix = py - top, px - left
+                if 0 <= iy < height and 0 <= ix < width:
+                    for c in range(channels):
+                        target[c] = np.float32(np.float64(x[n, c, iy, ix]) - input_zero_point)
+                else:
+                    target[:] = 0
+
+
+@njit(cache=True, nogil=True)
+def tap_offsets(batch, out_h, out_w, stride_h, stride_w, dilation_h, dilation_w, kernel_h,
+                kernel_w, group_channels, height_padded, width_padded, channels):
+    """(row_base [N * OH * OW], column_offsets [Cg * KH * KW]) int64 offsets into the padded
+    NHWC image: position (n, oy, ox)'s top-left tap, and column (ci, ky, kx) relative to it."""
+    row_base = np.empty(batch * out_h * out_w, np.int64)
+    r = 0
+    for n in range(batch):
+        for oy in range(out_h):
+            for ox in range(out_w):
+                row_base[r] = ((n * height_padded + oy * stride_h) * width_padded + ox * stride_w) * channels
+                r += 1
+    column_offsets = np.empty(group_channels * kernel_h * kernel_w, np.int64)
+    k = 0
+    for ci in range(group_channels):
+        for ky in range(kernel_h):
+            for kx in range(kernel_w):
+                column_offsets[k] = (ky * dilation_h * width_padded + kx * dilation_w) * channels + ci
+                k += 1
+    return row_base, column_offsets
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def weight_gradient(image, row_base, column_offsets, weighted_rows, stride, group_channels,
+                    out_group_channels, partial):
+    """partial[share, g, k, c] = sum over the share's positions r of
+    image[row_base[r] + column_offsets[k] + g * Cg] * weighted_rows[r, g * OCg + c].
+
+    image flat float32 (padded NHWC); weighted_rows flat float32 [R * stride + NR] (the tail
+    keeps the last 64-wide reads in bounds; lanes past OCg are read and dropped); partial
+    float32 [shares, G, Kg_pad6, OCg_pad64]. One work item per (share, group, 6-column block):
+    each owns (and first zeroes) its slice of partial."""
+    shares, groups, columns_padded, channels_padded = partial.shape
+    rows = row_base.shape[0]
+    columns = column_offsets.shape[0]
+    column_blocks = columns_padded // MR
+    channel_blocks = channels_padded // NR
+    share_rows = -(-rows // shares)
+    for item in prange(shares * groups * column_blocks):
+        share = item // (groups * column_blocks)
+        g = (item // column_blocks) % groups
+        block = item % column_blocks
+        offsets = np.empty(MR, np.int64)
+        for m in range(MR):  # columns past the end repeat the last one (their sums are dropped)
+            offsets[m] = column_offsets[min(block * MR + m, columns - 1)] + g * group_channels
+        tile = np.empty(MR * NR, np.float32)
+        target = partial[share, g]
+        target[block * MR:(block + 1) * MR] = 0
+        end = min(rows, (share + 1) * share_rows)
+        for start in range(share * share_rows, end, ROWS_PER_CHUNK):
+            count = min(ROWS_PER_CHUNK, end - start)
+            for channel_block in range(channel_blocks):
+                f32_gather_tile(image, offsets, row_base, start, weighted_rows,
+                                start * stride + g * out_group_channels + channel_block * NR,
+                                stride, count, tile)
+                for m in range(MR):
+                    row = target[block * MR + m]
+                    for lane in range(NR):
+                        row[channel_block * NR + lane] += tile[m * NR + lane]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def input_gradient(rows_flat, stride, weight_flat, columns_stride, groups, row_base,
+                   column_offsets, positions, images_per_item, group_channels, out_group_channels,
+                   grad_image):
+    """grad_image[row_base[r] + column_offsets[k] + g * Cg] += sum_c rows[r, g * OCg + c] *
+    weight_t[g, c, k] (the transposed convolution as a scatter of GEMM tiles).
+
+    rows_flat float32 [R * stride + NR]; weight_flat float32 [G * OCg * columns_stride + NR],
+    weight_t[g, c, k] at (g * OCg + c) * columns_stride + k (the tails keep the 64-wide reads
+    in bounds; lanes past the end are dropped); grad_image flat float32 padded NHWC. Work items
+    are runs of whole images: their scatters never overlap, and each first zeroes its images."""
+    rows = row_base.shape[0]
+    columns = column_offsets.shape[0]
+    batch = rows // positions
+    column_blocks = -(-columns // NR)
+    steps = np.arange(out_group_channels, dtype=np.int64)
+    items = -(-batch // images_per_item)
+    for item in prange(items):
+        first = item * images_per_item * positions
+        last = min(batch, (item + 1) * images_per_item) * positions
+        offsets = np.empty(MR, np.int64)
+        tile = np.empty(MR * NR, np.float32)
+        image_size = grad_image.shape[0] // batch
+        grad_image[first // positions * image_size:last // positions * image_size] = 0
+        for start in range(first, last, MR):
+            count = min(MR, last - start)
+            for g in range(groups):
+                for m in range(MR):  # rows past the end repeat the last one (not scattered)
+                    offsets[m] = (start + min(m, count - 1)) * stride + g * out_group_channels
+                for block in range(column_blocks):
+                    f32_gather_tile(rows_flat, offsets, steps, 0, weight_flat,
+                                    g * out_group_channels * columns_stride + block * NR,
+                                    columns_stride, out_group_channels, tile)
+                    width = min(NR, columns - block * NR)
+                    for m in range(count):
+                        base = row_base[start + m] + g * group_channels
+                        for lane in range(width):
+                            grad_image[base + column_offsets[block * NR + lane]] += tile[m * NR + lane]
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def image_to_nchw(grad_image, top, left, out):
+    """out[n, c, iy, ix] = grad_image[n, iy + top, ix + left, c] where the padded image covers
+    (iy, ix), else 0 (an input pixel no tap reads gets no gradient)."""
+    batch, channels, height, width = out.shape
+    height_padded, width_padded = grad_image.shape[1], grad_image.shape[2]
+    for n in prange(batch):
+        for c in range(channels):
+            for iy in range(height):
+                for ix in range(width):
                     value = np.float32(0)
-                    if 0 <= ix < width:
-                        value = np.float32(np.float64(source[ix]) - input_zero_point)
-                    row[ox] = value
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def col2im_accumulate(columns, image_start, image_count, geometry, grad_input):
-    """grad_input[n, c, iy, ix] += columns[g, (n, oy, ox), (ci, ky, kx)] over in-image taps:
-    the transposed convolution's scatter. Parallel over (image, group): no two items write the
-    same element."""
-    (kernel_h, kernel_w, stride_h, stride_w, pad_top, pad_left, dilation_h, dilation_w,
-     out_w, positions) = geometry
-    groups = columns.shape[0]
-    channels, height, width = grad_input.shape[1], grad_input.shape[2], grad_input.shape[3]
-    group_channels = channels // groups
-    for item in prange(image_count * groups):
-        local_n, g = item // groups, item % groups
-        n = image_start + local_n
-        for p in range(positions):
-            oy, ox = p // out_w, p % out_w
-            source = columns[g, local_n * positions + p]
-            k = 0
-            for ci in range(group_channels):
-                plane = grad_input[n, g * group_channels + ci]
-                for ky in range(kernel_h):
-                    iy = oy * stride_h - pad_top + ky * dilation_h
-                    for kx in range(kernel_w):
-                        ix = ox * stride_w - pad_left + kx * dilation_w
-                        if 0 <= iy < height and 0 <= ix < width:
-                            plane[iy, ix] += source[k]
-                        k += 1
+                    if iy + top < height_padded and ix + left < width_padded:
+                        value = grad_image[n, iy + top, ix + left, c]
+                    out[n, c, iy, ix] = value

@@ -29,6 +29,8 @@ it is read strictly sequentially, 256 bytes per k-group.
 
 from __future__ import annotations
 
+import functools
+
 import llvmlite.binding as _llvm
 from llvmlite import ir
 from numba import types
@@ -43,14 +45,16 @@ LANES = 16    # int32 lanes of one zmm register
 _I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 
 
-def target_features() -> set[str]:
-    """Features of the machine Numba compiles for (NUMBA_CPU_NAME / _FEATURES honoured)."""
+@functools.lru_cache(maxsize=None)
+def target_features() -> frozenset[str]:
+    """Features of the machine Numba compiles for (NUMBA_CPU_NAME / _FEATURES honoured).
+    Fixed for the process (Numba reads its target at start-up), so computed once."""
     try:
         from numba.core.registry import cpu_target
         text = cpu_target.target_context.codegen()._tm_features
-        return {f[1:] for f in text.split(",") if f.startswith("+")}
+        return frozenset(f[1:] for f in text.split(",") if f.startswith("+"))
     except Exception:  # noqa: BLE001 - private attribute; fall back to the host's features
-        return {name for name, on in _llvm.get_host_cpu_features().items() if on}
+        return frozenset(name for name, on in _llvm.get_host_cpu_features().items() if on)
 
 
 def has_vnni512() -> bool:
@@ -391,31 +395,33 @@ def kernel_assembly(isa: str, requantized: bool = True) -> str:
     with global_compiler_lock:
         library.finalize()
     return library.get_asm_str()
-
-
 # --------------------------------------------------------------------------------------------
 # float32 register tile for the STE backward (kernels/cpu/backward.py)
 # --------------------------------------------------------------------------------------------
-# Same shape as the int8 tile: 6 rows x 64 columns in 24 vector accumulators, row values
-# broadcast, the panel [k][64 columns] read sequentially; multiply-adds carry the "contract"
-# flag so LLVM fuses them into vfmadd231ps where the target has FMA (plain mul + add elsewhere).
+# Same shape as the int8 tile: 6 rows x 64 columns in 24 vector accumulators. Row m's value at
+# step k is a[row_offsets[m] + k_offsets[k]] (broadcast): an index per step, so the backward
+# reads the padded NHWC image in place (the rows being im2col columns (c, ky, kx) and the steps
+# output positions) as the forward's implicit GEMM does. The panel [k][stride] is read
+# sequentially, 64 columns a step. Multiply-adds carry the "contract" flag so LLVM fuses them
+# into vfmadd231ps where the target has FMA (plain mul + add elsewhere).
 
 _F32 = ir.FloatType()
 
 
-def _f32_kernel(module):
-    name = "intunlearn_f32_tile"
+def _f32_gather_kernel(module):
+    name = "intunlearn_f32_gather_tile"
     existing = module.globals.get(name)
     if existing is not None:
         return existing
     f32p, i64p = _F32.as_pointer(), _I64.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [f32p, i64p, f32p, _I64, f32p]), name)
+    fnty = ir.FunctionType(ir.VoidType(), [f32p, i64p, i64p, f32p, _I64, _I64, f32p])
+    fn = ir.Function(module, fnty, name)
     fn.linkage = "internal"
     fn.attributes.add("nounwind")
     fn.attributes.add("noinline")
-    for arg in fn.args[:3] + fn.args[4:]:
-        arg.add_attribute("noalias")
-    a, row_offsets, panel, length, out = fn.args
+    for index in (0, 1, 2, 3, 6):
+        fn.args[index].add_attribute("noalias")
+    a, row_offsets, k_offsets, panel, panel_stride, length, out = fn.args
     builder = ir.IRBuilder(fn.append_basic_block("entry"))
     vec = ir.VectorType(_F32, LANES)
     blocks = NR // LANES
@@ -423,11 +429,12 @@ def _f32_kernel(module):
     rows = [builder.load(builder.gep(row_offsets, [_I64(m)])) for m in range(MR)]
 
     def body(k):
-        base = builder.mul(k, _I64(NR))
+        base = builder.mul(k, panel_stride)
+        step = builder.load(builder.gep(k_offsets, [k]))
         b = [builder.load(builder.bitcast(builder.gep(panel, [builder.add(base, _I64(j * LANES))]),
                                           vec.as_pointer()), align=4) for j in range(blocks)]
         for m, row in enumerate(rows):
-            value = _splat(builder, builder.load(builder.gep(a, [builder.add(row, k)])), LANES)
+            value = _splat(builder, builder.load(builder.gep(a, [builder.add(row, step)])), LANES)
             for j in range(blocks):
                 slot = accs[m * blocks + j]
                 product = builder.fmul(value, b[j], flags=("contract",))
@@ -442,18 +449,22 @@ def _f32_kernel(module):
 
 
 @intrinsic
-def f32_tile(typingctx, a, row_offsets, panel, panel_start, length, out):
-    """out[m * NR + c] = sum_{k < length} a[row_offsets[m] + k] * panel[panel_start + k * NR + c]
-    (float32; a, panel, out flat float32 arrays, row_offsets int64 [MR])."""
-    sig = types.void(a, row_offsets, panel, types.int64, types.int64, out)
+def f32_gather_tile(typingctx, a, row_offsets, k_offsets, k_start, panel, panel_start, panel_stride,
+                    length, out):
+    """out[m * NR + c] = sum_{k < length} a[row_offsets[m] + k_offsets[k_start + k]]
+    * panel[panel_start + k * panel_stride + c] (float32; a, panel and out flat float32 arrays,
+    row_offsets int64 [MR], k_offsets int64). The caller keeps every index in bounds."""
+    sig = types.void(a, row_offsets, k_offsets, types.int64, panel, types.int64, types.int64,
+                     types.int64, out)
 
     def codegen(context, builder, signature, args):
-        a_v, rows_v, panel_v, start_v, length_v, out_v = args
-        a_a, rows_a, panel_a, out_a = (context.make_array(signature.args[i])(context, builder, v)
-                                       for i, v in ((0, a_v), (1, rows_v), (2, panel_v), (5, out_v)))
-        panel_ptr = builder.gep(panel_a.data, [start_v])
-        builder.call(_f32_kernel(builder.module),
-                     [a_a.data, rows_a.data, panel_ptr, length_v, out_a.data])
+        a_v, rows_v, koff_v, kstart_v, panel_v, start_v, stride_v, length_v, out_v = args
+        arrays = [context.make_array(signature.args[i])(context, builder, v)
+                  for i, v in ((0, a_v), (1, rows_v), (2, koff_v), (4, panel_v), (8, out_v))]
+        a_a, rows_a, koff_a, panel_a, out_a = arrays
+        builder.call(_f32_gather_kernel(builder.module),
+                     [a_a.data, rows_a.data, builder.gep(koff_a.data, [kstart_v]),
+                      builder.gep(panel_a.data, [start_v]), stride_v, length_v, out_a.data])
         return context.get_dummy_value()
 
     return sig, codegen

@@ -112,60 +112,65 @@ def quantize_input(x: Tensor, scale: float, zero_point: int) -> tuple[Tensor, Te
     return qp.quantize_activation(x, scale, zero_point)
 
 
-def quantize_weight(weight: Tensor, scales: Tensor, bits: int, *, ste: bool = True):
-    """Symmetric per-channel codes clamp(round(w / s), -Q, Q) (int8 dtype) and, with ste, the
-    mask of weights inside the clip range |w / s| <= Q (where the straight-through gradient
-    passes) and LSQ's d(w_hat / s)/ds term per weight: round(w / s) - w / s inside the range,
-    +-Q where clamped (float64). w / s is computed in float64. Returns (codes, inside, slope)
-    (the last two None without ste)."""
+def quantize_weight(weight: Tensor, scales: Tensor, bits: int, *, mask: bool = True, slope: bool = True):
+    """Symmetric per-channel codes clamp(round(w / s), -Q, Q) (int8 dtype), w / s in float64.
+    With mask, also the mask of weights inside the clip range |w / s| <= Q (where the
+    straight-through gradient passes); with slope, LSQ's d(w_hat / s)/ds term per weight:
+    round(w / s) - w / s inside the range, the clamped code +-Q outside (float64).
+    Returns (codes, inside or None, slope or None)."""
     limit = qp.weight_max(bits)
     kernels = qp._cpu_kernels() if weight.device.type == "cpu" else None
     if kernels is not None:
         flat = weight.detach().float().contiguous().reshape(weight.shape[0], -1)
         codes = torch.empty(flat.shape, dtype=torch.int8)
-        inside = torch.empty(flat.shape if ste else (0, 0), dtype=torch.bool)
-        slope = torch.empty(flat.shape if ste else (0, 0), dtype=torch.float64)
-        kernels.quantize_weight_channels(flat.numpy(), scales.detach().cpu().contiguous().numpy(), limit,
-                                         codes.numpy(), inside.numpy(), slope.numpy())
-        if not ste:
-            return codes.reshape(weight.shape), None, None
-        return codes.reshape(weight.shape), inside.reshape(weight.shape), slope.reshape(weight.shape)
+        inside = torch.empty(flat.shape if mask else (0, 0), dtype=torch.bool)
+        slopes = torch.empty(flat.shape if slope else (0, 0), dtype=torch.float64)
+        kernels.quantize_weight_channels(flat.numpy(), scales.detach().contiguous().numpy(), limit,
+                                         codes.numpy(), inside.numpy(), slopes.numpy())
+        return (codes.reshape(weight.shape), inside.reshape(weight.shape) if mask else None,
+                slopes.reshape(weight.shape) if slope else None)
     shape = (-1,) + (1,) * (weight.dim() - 1)
     ratio = weight.detach().double() / scales.detach().double().reshape(shape)
     codes = qp.round_half_away(ratio).clamp(-limit, limit)
-    if not ste:
-        return codes.to(torch.int8), None, None
     inside = ratio.abs() <= limit  # LSQ's clip range, on the unrounded ratio
-    return codes.to(torch.int8), inside, torch.where(inside, codes - ratio, codes)
+    return (codes.to(torch.int8), inside if mask else None,
+            torch.where(inside, codes - ratio, codes) if slope else None)
+
+
+def requantization_params(bias, weight_scale, input_scale, output_scale, channels):
+    """(int32 bias or None, int32 multiplier [OC], int32 shift [OC]) for M[c] = s_x s_w[c] / s_y
+    (TFLite's QuantizeMultiplier) and bias codes round(b / (s_x s_w[c]))."""
+    kernels = qp._cpu_kernels() if weight_scale.device.type == "cpu" else None
+    if kernels is None:
+        scales = weight_scale.detach().double()
+        b_q = None if bias is None else qp.quantize_bias(bias, input_scale, scales)
+        multiplier, shift = qp.output_multipliers(input_scale, scales, output_scale)
+        return b_q, multiplier.to(weight_scale.device), shift.to(weight_scale.device)
+    scales = weight_scale.detach().expand(channels).contiguous().numpy()
+    multiplier = torch.empty(channels, dtype=torch.int32)
+    shift = torch.empty(channels, dtype=torch.int32)
+    b_q = None if bias is None else torch.empty(channels, dtype=torch.int32)
+    status = kernels.requantization_params(
+        float(input_scale), scales, float(output_scale),
+        _NO_BIAS if bias is None else bias.detach().float().numpy(), multiplier.numpy(), shift.numpy(),
+        _NO_BIAS_CODES if b_q is None else b_q.numpy())
+    if status:  # the messages of the torch / reference formulations
+        if status == 3:
+            raise ValueError("bias does not fit int32 at scale input_scale * weight_scale")
+        real = input_scale * scales.astype(np.float64) / output_scale
+        raise ValueError(f"real: real multiplier must be {'finite and >= 0' if status == 1 else 'below 2**30 (shift <= 30)'}"
+                         f", got {real}")
+    return b_q, multiplier, shift
+
+
+_NO_BIAS, _NO_BIAS_CODES = np.zeros(0, np.float32), np.zeros(0, np.int32)
 
 
 def integer_params(weight, bias, weight_scale, input_scale, output_scale, weight_bits):
     """The integer layer's parameters from the latent float ones: (int8 weight codes, int32
     bias or None, int32 multiplier [OC], int32 shift [OC]) for M[c] = s_x s_w[c] / s_y."""
-    w_q, _, _ = quantize_weight(weight, weight_scale, weight_bits, ste=False)
-    kernels = qp._cpu_kernels() if weight.device.type == "cpu" else None
-    if kernels is None:
-        scales = weight_scale.detach().double()
-        b_q = None if bias is None else qp.quantize_bias(bias, input_scale, scales)
-        multiplier, shift = qp.output_multipliers(input_scale, scales, output_scale)
-        return w_q, b_q, multiplier.to(weight.device), shift.to(weight.device)
-    channels = weight.shape[0]
-    scales = weight_scale.detach().double().expand(channels).contiguous().numpy()
-    multiplier = torch.empty(channels, dtype=torch.int32)
-    shift = torch.empty(channels, dtype=torch.int32)
-    b_q = None if bias is None else torch.empty(channels, dtype=torch.int32)
-    no_bias = np.zeros(0, np.float32)
-    status = kernels.requantization_params(
-        float(input_scale), scales, float(output_scale),
-        no_bias if bias is None else bias.detach().float().numpy(), multiplier.numpy(), shift.numpy(),
-        no_bias.astype(np.int32) if b_q is None else b_q.numpy())
-    if status:  # the messages of the torch / reference formulations
-        if status == 3:
-            raise ValueError("bias does not fit int32 at scale input_scale * weight_scale")
-        real = input_scale * scales / output_scale
-        raise ValueError(f"real: real multiplier must be {'finite and >= 0' if status == 1 else 'below 2**30 (shift <= 30)'}"
-                         f", got {real}")
-    return w_q, b_q, multiplier, shift
+    w_q, _, _ = quantize_weight(weight, weight_scale, weight_bits, mask=False, slope=False)
+    return (w_q, *requantization_params(bias, weight_scale, input_scale, output_scale, weight.shape[0]))
 
 
 def _lsq_scale_grad(grad_weight_real, slope, weight_bits):
@@ -204,15 +209,19 @@ def _check_layer_shapes(x: Tensor, weight: Tensor, geometry) -> None:
                          f"smaller than the dilated kernel {tuple(weight.shape[2:])} x {dilation}")
 
 
-def _integer_forward(x, weight, bias, weight_scale, params, geometry):
-    """Real input -> quantize -> integer layer on the backend -> (y_real float32, x_q int8,
-    x_inside bool, y_q int8)."""
+def _integer_forward(x, weight, bias, weight_scale, params, geometry, *, weight_mask=False,
+                     weight_slope=False):
+    """Real input -> quantize -> integer layer on the backend. Returns the float32 output and
+    what the backward needs: (y_real, (x_q, x_inside, w_q, w_inside, w_slope, y_q)), the
+    weight mask / LSQ slope None unless asked for."""
     (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max, weight_bits,
      rounding, backend) = params
     _check_layer_shapes(x, weight, geometry)
     x_q, x_inside = quantize_input(x, input_scale, input_zero_point)
-    w_q, b_q, multiplier, shift = integer_params(weight, bias, weight_scale, input_scale, output_scale,
-                                                 weight_bits)
+    w_q, w_inside, w_slope = quantize_weight(weight, weight_scale, weight_bits, mask=weight_mask,
+                                             slope=weight_slope)
+    b_q, multiplier, shift = requantization_params(bias, weight_scale, input_scale, output_scale,
+                                                   weight.shape[0])
     kernels = resolve(backend, x.device)
     requant = {"input_zero_point": input_zero_point, "output_zero_point": output_zero_point,
                "multiplier": multiplier, "shift": shift, "act_min": act_min, "act_max": act_max,
@@ -223,16 +232,18 @@ def _integer_forward(x, weight, bias, weight_scale, params, geometry):
                               padding=tuple(padding), dilation=tuple(dilation), groups=groups, **requant)
     else:
         y_q = kernels.qlinear(x_q, w_q, b_q, in_features=weight.shape[1], weight_zero_point=0, **requant)
-    return qp.dequantize_activation(y_q, output_scale, output_zero_point), x_q, x_inside, y_q
+    y = qp.dequantize_activation(y_q, output_scale, output_zero_point)
+    return y, (x_q, x_inside, w_q, w_inside, w_slope, y_q)
 
 
-def _integer_backward(grad_output, x_q, x_inside, y_q, weight, bias, weight_scale, sample_weights,
-                      params, geometry, needs_input, needs_weight, needs_scale):
-    """STE backward from the forward's int8 tensors: the backend's backward kernel, then the
-    input-saturation and weight-clipping masks and the LSQ step-size gradient.
+def _integer_backward(grad_output, saved, weight, bias, weight_scale, sample_weights, params, geometry,
+                      needs_input, needs_weight, needs_scale):
+    """STE backward from the forward's saved tensors (see _integer_forward; the weight mask is
+    needed when needs_weight, the slope when needs_scale): the backend's backward kernel, then
+    the input-saturation and weight-clipping masks and the LSQ step-size gradient.
     Returns (grad_x, grad_weight, grad_bias, grad_weight_scale), None where not needed."""
+    x_q, x_inside, w_q, w_inside, w_slope, y_q = saved
     input_scale, input_zero_point, _, _, act_min, act_max, weight_bits, _, backend = params
-    w_q, w_inside, slope = quantize_weight(weight, weight_scale, weight_bits)
     kernels = resolve(backend, x_q.device)
     common = {"input_zero_point": input_zero_point, "input_scale": input_scale,
               "weight_scales": weight_scale.detach().float(), "act_min": act_min, "act_max": act_max,
@@ -247,22 +258,25 @@ def _integer_backward(grad_output, x_q, x_inside, y_q, weight, bias, weight_scal
         grad_x, grad_w, grad_b = kernels.qlinear_backward(grad_output.contiguous(), y_q, x_q, w_q,
                                                           in_features=weight.shape[1], **common)
     grad_w = None if grad_w is None else grad_w.reshape(weight.shape)
-    return (torch.where(x_inside, grad_x, 0.0).to(x_inside.device) if needs_input else None,
+    return (torch.where(x_inside, grad_x, 0.0) if needs_input else None,
             torch.where(w_inside, grad_w, 0.0).to(weight.dtype) if needs_weight else None,
             grad_b.to(bias.dtype) if needs_weight and bias is not None else None,
-            _lsq_scale_grad(grad_w, slope, weight_bits).to(weight_scale.dtype) if needs_scale else None)
+            _lsq_scale_grad(grad_w, w_slope, weight_bits).to(weight_scale.dtype) if needs_scale else None)
 
 
 def _custom_op_backward(grad_output, x, weight, bias, weight_scale, sample_weights, output, params,
                         geometry, needs_input, needs_weight, needs_scale):
     """The backward custom ops: recover the forward's int8 tensors from its float input and
-    output (both on exact grids), then the shared backward. Custom-op outputs may not be None
-    or alias each other: gradients not asked for come back as empty tensors."""
-    input_scale, input_zero_point, output_scale, output_zero_point = params[:4]
+    output (both on exact grids) and the weights, then the shared backward. Custom-op outputs
+    may not be None or alias each other: gradients not asked for come back as empty tensors."""
+    input_scale, input_zero_point, output_scale, output_zero_point, *_ = params
     x_q, x_inside = quantize_input(x, input_scale, input_zero_point)
+    w_q, w_inside, w_slope = quantize_weight(weight, weight_scale, params[6], mask=needs_weight,
+                                             slope=needs_scale)
     y_q = (qp.round_half_away(output.double() / output_scale) + output_zero_point).to(torch.int8)
-    grads = _integer_backward(grad_output, x_q, x_inside, y_q, weight, bias, weight_scale, sample_weights,
-                              params, geometry, needs_input, needs_weight, needs_scale)
+    grads = _integer_backward(grad_output, (x_q, x_inside, w_q, w_inside, w_slope, y_q), weight, bias,
+                              weight_scale, sample_weights, params, geometry, needs_input, needs_weight,
+                              needs_scale)
     grad_x, grad_w, grad_b, grad_s = grads
     return (x.new_empty(0) if grad_x is None else grad_x.to(x.dtype),
             x.new_empty(0) if grad_w is None else grad_w,
@@ -277,18 +291,20 @@ class _EagerIntegerLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, weight_scale, sample_weights, params, geometry):
-        y, x_q, x_inside, y_q = _integer_forward(x, weight, bias, weight_scale, params, geometry)
-        ctx.save_for_backward(x_q, x_inside, y_q, weight, bias, weight_scale, sample_weights)
+        needs = ctx.needs_input_grad
+        y, saved = _integer_forward(x, weight, bias, weight_scale, params, geometry,
+                                    weight_mask=needs[1] or needs[2], weight_slope=needs[3])
+        ctx.save_for_backward(*saved, weight, bias, weight_scale, sample_weights)
         ctx.params, ctx.geometry = params, geometry
         return y
 
     @staticmethod
     def backward(ctx, grad_output):
-        x_q, x_inside, y_q, weight, bias, weight_scale, sample_weights = ctx.saved_tensors
+        *saved, weight, bias, weight_scale, sample_weights = ctx.saved_tensors
         needs = ctx.needs_input_grad
         grad_x, grad_w, grad_b, grad_s = _integer_backward(
-            grad_output, x_q, x_inside, y_q, weight, bias, weight_scale, sample_weights, ctx.params,
-            ctx.geometry, needs[0], needs[1] or needs[2], needs[3])
+            grad_output, saved, weight, bias, weight_scale, sample_weights, ctx.params, ctx.geometry,
+            needs[0], needs[1] or needs[2], needs[3])
         return (grad_x, grad_w if needs[1] else None, grad_b if needs[2] else None, grad_s, None, None,
                 None)
 

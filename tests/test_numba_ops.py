@@ -206,7 +206,8 @@ def test_transpose_8x8_bytes():
 @given(data=st.data())
 def test_numba_qconv2d_wide_channels_every_isa(kernel_isa, data):
     """Channel and width counts that are multiples of 8 (the transposing NHWC path) and more
-    than 64 output channels (several panel blocks), with random padding, stride and groups."""
+    than 64 output channels (several panel blocks), with random padding, stride and groups;
+    int8 weights or packed int4 ones (int4 panels, unpacked in registers, on VNNI)."""
     groups = data.draw(st.sampled_from([1, 1, 2]))
     channels = data.draw(st.sampled_from([8, 16, 24])) * groups
     out_channels = groups * data.draw(st.sampled_from([1, 64, 70]))
@@ -217,11 +218,17 @@ def test_numba_qconv2d_wide_channels_every_isa(kernel_isa, data):
     stride = data.draw(st.integers(1, 2))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     x = torch.from_numpy(rng.integers(-128, 128, (2, channels, height, width)).astype(np.int8))
-    weight = torch.from_numpy(rng.integers(-128, 128, (out_channels, channels // groups, kernel, kernel)).astype(np.int8))
+    bits = data.draw(st.sampled_from([8, 4]))
+    low = -128 if bits == 8 else -8
+    weight = torch.from_numpy(rng.integers(low, -low, (out_channels, channels // groups, kernel, kernel)).astype(np.int8))
     bias = torch.from_numpy(rng.integers(-2**20, 2**20, out_channels).astype(np.int32))
     if height + padding[0] + padding[1] < kernel:
         return
-    params = dict(stride=stride, padding=padding, groups=groups,
+    extra = {}
+    if bits == 4:
+        weight = ops.pack_int4(weight.reshape(out_channels, -1))
+        extra = {"weight_bits": 4, "kernel_size": (kernel, kernel)}
+    params = dict(stride=stride, padding=padding, groups=groups, **extra,
                   input_zero_point=data.draw(st.sampled_from([-128, -3, 127, 300])),
                   output_zero_point=5, multiplier=torch.tensor([1 << 30], dtype=torch.int32),
                   shift=torch.tensor([-10], dtype=torch.int32))

@@ -129,18 +129,34 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
     kernel_h, kernel_w = kernel_size
     _, _, stride_h, stride_w, _, _, dilation_h, dilation_w, out_w, positions = geometry
     top, bottom, left, right = padding
-    channels_padded = _gemm.padded(group_channels, _microkernel.K_GROUP)
-    length = group_channels * kernel_h * kernel_w
-    with _serial_if_small(out_channels * kernel_h * kernel_w * channels_padded):
-        if weight2d.dtype == np.uint8:  # packed int4: unpack (a vectorized pass), then pack
-            weight2d = _gemm.unpack_int4_rows(weight2d, length)
-        if (groups == 1 and kernel_h * kernel_w == 1 and group_channels % 4 == 0
-                and weight2d.flags.c_contiguous):
-            panel, weight_sums = _gemm.pack_weight_panel_words(weight2d.view(np.uint32),
-                                                               out_channels)
+    taps = kernel_h * kernel_w
+    length = group_channels * taps
+    vnni = kernel_isa() == "vnni"
+    # Packed int4 stays packed (half the panel bytes, unpacked in registers) on VNNI, except
+    # where the correction needs the weights per tap (z_x not an int8, with padding).
+    int4_panel = (weight2d.dtype == np.uint8 and vnni
+                  and (-128 <= input_zero_point <= 127 or not any(padding)))
+    k_step = _gemm.INT4_K_STEP if int4_panel else _microkernel.K_GROUP
+    channels_padded = _gemm.padded(group_channels, k_step)
+    with _serial_if_small(out_channels * taps * channels_padded):
+        if int4_panel:
+            if groups == 1 and taps == 1 and group_channels % k_step == 0 and weight2d.flags.c_contiguous:
+                panel, weight_sums = _gemm.pack_int4_panel_words(weight2d.view(np.uint32), weight2d,
+                                                                 out_channels)
+            else:
+                panel, weight_sums = _gemm.pack_int4_panel(weight2d, out_channels, groups, group_channels,
+                                                           taps, channels_padded)
+            panel = panel.view(np.int8)
         else:
-            panel, weight_sums = _gemm.pack_weight_panel(weight2d, groups, group_channels,
-                                                         kernel_h * kernel_w, channels_padded)
+            if weight2d.dtype == np.uint8:  # packed int4 without VNNI: unpack, then int8 panels
+                weight2d = _gemm.unpack_int4_rows(weight2d, length)
+            if (groups == 1 and taps == 1 and group_channels % 4 == 0
+                    and weight2d.flags.c_contiguous):
+                panel, weight_sums = _gemm.pack_weight_panel_words(weight2d.view(np.uint32), weight2d,
+                                                                   out_channels)
+            else:
+                panel, weight_sums = _gemm.pack_weight_panel(weight2d, groups, group_channels,
+                                                             taps, channels_padded)
     bias64 = np.zeros(out_channels, np.int64) if bias is None else bias.cpu().numpy().astype(np.int64)
     z_x = _wrap32(input_zero_point)
     if -128 <= input_zero_point <= 127 or not any(padding):
@@ -184,8 +200,8 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
                         np.int64)
     params = (np.int64(_wrap32(output_zero_point)), np.int64(act_min), np.int64(act_max),
               rounding == "single", np.int64(positions))
-    isa = _gemm.ISA_VNNI if kernel_isa() == "vnni" else _gemm.ISA_GENERIC
-    _gemm.conv_requant(image, panel, tap_offsets, np.int64(channels_padded // _microkernel.K_GROUP),
+    isa = _gemm.ISA_VNNI_INT4 if int4_panel else _gemm.ISA_VNNI if vnni else _gemm.ISA_GENERIC
+    _gemm.conv_requant(image, panel, tap_offsets, np.int64(channels_padded // k_step),
                        (np.int64(height_padded), np.int64(width_padded), np.int64(groups),
                         np.int64(channels_padded)),
                        (np.int64(stride_h), np.int64(stride_w), np.int64(out_w)),

@@ -39,11 +39,14 @@ import numpy as np
 from numba import njit, prange
 
 from .fixedpoint import requantize, wrap_int32
-from .microkernel import (K_GROUP, MR, NR, int8_tile_generic, int8_tile_generic_requant,
-                          int8_tile_vnni, int8_tile_vnni_requant)
+from .microkernel import (K_GROUP, MR, NR, int4_tile_vnni, int4_tile_vnni_requant,
+                          int8_tile_generic, int8_tile_generic_requant, int8_tile_vnni,
+                          int8_tile_vnni_requant)
 
-ISA_GENERIC = 0  # portable vector IR (vpmaddwd / vpdpwssd on x86)
-ISA_VNNI = 1     # AVX-512 VNNI vpdpbusd
+ISA_GENERIC = 0    # portable vector IR (vpmaddwd / vpdpwssd on x86)
+ISA_VNNI = 1       # AVX-512 VNNI vpdpbusd
+ISA_VNNI_INT4 = 2  # vpdpbusd on packed-int4 panels (pack_int4_panel), unpacked in registers
+INT4_K_STEP = 2 * K_GROUP  # k values per int4 panel word (channels are padded to a multiple)
 ROW_BLOCK = 192  # rows per work item (multiple of MR) when there are enough rows
 
 
@@ -132,6 +135,80 @@ def pack_weight_panel(weight, groups, group_channels, taps, channels_padded):
     return panel, sums
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _nibble(packed, row, k):
+    """Element k of a packed int4 row (element 2i: low nibble of byte i), sign-extended."""
+    byte = np.int32(packed[row, k >> 1])
+    return np.int32(np.int32(byte << (28 - 4 * (k & 1))) >> 28)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def pack_int4_panel(packed, out_channels, groups, group_channels, taps, channels_padded):
+    """Packed int4 weight uint8 [OC, ceil(Cg * taps / 2)] -> the int4 micro-kernel's panel,
+    uint8 flat [G][blocks][taps][Cgp / 8][64 channels][4 bytes], and the weight sums int64
+    [OC]. Byte j of the word of (tap t, pair p, channel) holds the nibbles of ci = 8p + j (low)
+    and ci = 8p + 4 + j (high), k = ci * taps + t as for int8; zero past the real channels.
+    channels_padded is a multiple of 8."""
+    group_rows = out_channels // groups
+    blocks = -(-group_rows // NR)
+    pairs = channels_padded // INT4_K_STEP
+    panel = np.empty(groups * blocks * taps * pairs * NR * K_GROUP, np.uint8)
+    sums = np.empty(out_channels, np.int64)
+    for item in prange(groups * blocks):
+        g, block = item // blocks, item % blocks
+        row_start = g * group_rows + block * NR
+        lanes = min(NR, group_rows - block * NR)
+        cursor = item * taps * pairs * NR * K_GROUP
+        totals = np.zeros(NR, np.int64)
+        for t in range(taps):
+            for p in range(pairs):
+                for lane in range(NR):
+                    for j in range(K_GROUP):
+                        low_ci, high_ci = p * INT4_K_STEP + j, p * INT4_K_STEP + K_GROUP + j
+                        low, high = np.int32(0), np.int32(0)
+                        if lane < lanes and low_ci < group_channels:
+                            low = _nibble(packed, row_start + lane, low_ci * taps + t)
+                        if lane < lanes and high_ci < group_channels:
+                            high = _nibble(packed, row_start + lane, high_ci * taps + t)
+                        panel[cursor] = np.uint8((low & 0xF) | ((high & 0xF) << 4))
+                        totals[lane] += low + high
+                        cursor += 1
+        for lane in range(lanes):
+            sums[row_start + lane] = totals[lane]
+    return panel, sums
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _nibble_word(word):
+    """A packed-int4 word (nibbles n0..n7 = elements 8p..8p+7, n0 lowest) -> the panel word
+    whose byte j is n_j | n_(j+4) << 4: the outer perfect shuffle of its nibbles."""
+    word = (word & np.uint32(0xFF0000FF)) | ((word << np.uint32(8)) & np.uint32(0x00FF0000)) \
+        | ((word >> np.uint32(8)) & np.uint32(0x0000FF00))
+    return (word & np.uint32(0xF00FF00F)) | ((word << np.uint32(4)) & np.uint32(0x0F000F00)) \
+        | ((word >> np.uint32(4)) & np.uint32(0x00F000F0))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def pack_int4_panel_words(words, packed, out_channels):
+    """pack_int4_panel for one group, one tap and K a multiple of 8 (a linear layer): each
+    32-bit word of the packed rows [OC, K / 8] holds one panel word's eight nibbles, so packing
+    is a nibble shuffle and a 32-bit transpose; packed is the same bytes as uint8 [OC, K / 2],
+    for the weight sums."""
+    blocks = -(-out_channels // NR)
+    panel = np.empty(blocks * words.shape[1] * NR, np.uint32)
+    sums = np.empty(out_channels, np.int64)
+    for block in prange(blocks):
+        _transpose_words(words, out_channels, block, _nibble_word, panel)
+        for lane in range(min(NR, out_channels - block * NR)):
+            row = packed[block * NR + lane]
+            total = np.int32(0)
+            for i in range(row.shape[0]):  # two sign-extended nibbles a byte (vectorized)
+                byte = np.int32(row[i])
+                total += np.int32(np.int32(byte << 28) >> 28) + np.int32(np.int32(byte << 24) >> 28)
+            sums[block * NR + lane] = total
+    return panel.view(np.uint8), sums
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def pad_nhwc(x, groups, channels_padded, pad_top, pad_left, height_padded, width_padded,
              pad_byte):
@@ -163,28 +240,46 @@ def pad_nhwc(x, groups, channels_padded, pad_top, pad_left, height_padded, width
     return out
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _transpose_words(words, out_channels, block, convert, panel):
+    """Panel block `block` from 32-bit words [OC, W]: panel[(block * W + q) * 64 + lane] =
+    convert(words[64 block + lane, q]), zero past the real channels. Each row is read 16 words
+    (one cache line) at a time into a 4 KB tile that is then stored sequentially."""
+    width = words.shape[1]
+    lanes = min(NR, out_channels - block * NR)
+    tile = np.zeros(16 * NR, np.uint32)
+    for q0 in range(0, width, 16):
+        count = min(16, width - q0)
+        for lane in range(lanes):
+            source = words[block * NR + lane]
+            for i in range(count):
+                tile[i * NR + lane] = convert(source[q0 + i])
+        start = (block * width + q0) * NR
+        panel[start:start + count * NR] = tile[:count * NR]
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _same_word(word):
+    return word
+
+
 @njit(cache=True, nogil=True, parallel=True)
-def pack_weight_panel_words(words, out_channels):
+def pack_weight_panel_words(words, weight, out_channels):
     """pack_weight_panel for one group, one tap and K a multiple of 4 (a linear layer): the
     weight viewed as uint32 words [OC, K / 4] already holds each panel word (4 consecutive k),
-    so packing is a 32-bit transpose into [blocks][K / 4][64]. Returns the panel as int8."""
-    groups_per_tap = words.shape[1]
+    so packing is a 32-bit transpose into [blocks][K / 4][64]; weight is the same bytes as int8
+    [OC, K], for the weight sums. Returns the panel as int8."""
     blocks = -(-out_channels // NR)
-    panel = np.zeros(blocks * groups_per_tap * NR, np.uint32)
+    panel = np.empty(blocks * words.shape[1] * NR, np.uint32)
     sums = np.empty(out_channels, np.int64)
     for block in prange(blocks):
-        lanes = min(NR, out_channels - block * NR)
-        totals = np.zeros(NR, np.int64)
-        for q in range(groups_per_tap):
-            line = (block * groups_per_tap + q) * NR
-            for lane in range(lanes):
-                word = words[block * NR + lane, q]
-                panel[line + lane] = word
-                signed = np.int32(word)  # the sum of its four int8 bytes
-                totals[lane] += (np.int64(np.int8(signed)) + np.int64(np.int8(signed >> 8))
-                                 + np.int64(np.int8(signed >> 16)) + np.int64(np.int8(signed >> 24)))
-        for lane in range(lanes):
-            sums[block * NR + lane] = totals[lane]
+        _transpose_words(words, out_channels, block, _same_word, panel)
+        for lane in range(min(NR, out_channels - block * NR)):
+            row = weight[block * NR + lane]
+            total = np.int32(0)  # |sum| < 2**31 for K < 2**24 (vectorized)
+            for i in range(row.shape[0]):
+                total += np.int32(row[i])
+            sums[block * NR + lane] = total
     return panel.view(np.int8), sums
 
 
@@ -289,7 +384,8 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
     Otherwise the raw int32 tile goes through the scalar epilogue with correction int64
     [1 or positions, OC], row_correction int64 [rows] or [1], multiplier/shift int64 [OC] and
     params = (z_y, act_min, act_max, single_rounding, positions).
-    isa: ISA_VNNI or ISA_GENERIC (same results)."""
+    isa: ISA_VNNI, ISA_GENERIC (same results) or, with pack_int4_panel's panel and
+    groups_per_tap counting pairs of k-groups, ISA_VNNI_INT4."""
     height_padded, width_padded, groups, channels_padded = image_geometry
     stride_h, stride_w, out_w = conv_geometry
     positions = params[4]
@@ -324,7 +420,11 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
                     row_offsets[m] = (((n * height_padded + oy * stride_h) * width_padded
                                        + ox * stride_w) * pixel + g * channels_padded)
                 if fused:
-                    if isa == ISA_VNNI:
+                    if isa == ISA_VNNI_INT4:
+                        int4_tile_vnni_requant(image, row_offsets, tap_offsets, groups_per_tap,
+                                               panel, panel_start, qparams, channel_start,
+                                               epilogue, tile8)
+                    elif isa == ISA_VNNI:
                         int8_tile_vnni_requant(image, row_offsets, tap_offsets, groups_per_tap,
                                                panel, panel_start, qparams, channel_start,
                                                epilogue, tile8)
@@ -336,7 +436,10 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
                         out[i + m, channel_start:channel_start + channel_count] = \
                             tile8[m * NR:m * NR + channel_count]
                 else:
-                    if isa == ISA_VNNI:
+                    if isa == ISA_VNNI_INT4:
+                        int4_tile_vnni(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                       panel_start, qparams, channel_start, epilogue, tile32)
+                    elif isa == ISA_VNNI:
                         int8_tile_vnni(image, row_offsets, tap_offsets, groups_per_tap, panel,
                                        panel_start, qparams, channel_start, epilogue, tile32)
                     else:

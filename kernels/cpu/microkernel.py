@@ -117,12 +117,14 @@ def _counted_loop(builder, count, body):
 
 
 def _define_kernel(module, name, acc_type, acc_count, emit_step, emit_finish, requantized,
-                   segments=1):
+                   segments=1, k_groups_per_step=1):
     """Define `void name(i8* image, i64* row_offsets, i64* tap_offsets, i64 taps,
-    i64 groups_per_tap, i8* panel, i8* out, i32* qparams, i64 qstride, i64 single_rounding,
-    i32 z_y, i32 act_min, i32 act_max)`: the taps x k-groups loop around emit_step, then
+    i64 steps_per_tap, i8* panel, i8* out, i32* qparams, i64 qstride, i64 single_rounding,
+    i32 z_y, i32 act_min, i32 act_max)`: the taps x steps loop around emit_step, then
     emit_finish's int32 results either stored raw (out = int32 [MR][NR]) or requantized
-    (out = int8 [MR][NR]; see _emit_requantize)."""
+    (out = int8 [MR][NR]; see _emit_requantize). A step covers k_groups_per_step k-groups of 4
+    (one for int8 panels, two for int4 ones) and 256 panel bytes; emit_step gets each row's
+    activation words per k-group, a_words[i][m]."""
     existing = module.globals.get(name)
     if existing is not None:
         return existing
@@ -151,8 +153,9 @@ def _define_kernel(module, name, acc_type, acc_count, emit_step, emit_finish, re
 
             def group_body(q):
                 b_offset = builder.load(panel_cursor)
-                a_words = [_load(builder, _I32, image, builder.add(start, builder.shl(q, _I64(2))))
-                           for start in row_starts]
+                first = builder.mul(q, _I64(K_GROUP * k_groups_per_step))
+                a_words = [[_load(builder, _I32, image, builder.add(start, builder.add(first, _I64(K_GROUP * i))))
+                            for start in row_starts] for i in range(k_groups_per_step)]
                 emit_step(builder, accs, a_words, panel, b_offset, segment)
                 builder.store(builder.add(b_offset, _I64(NR * K_GROUP)), panel_cursor)
 
@@ -260,7 +263,7 @@ def _vnni_kernel(module, requantized):
     def step(builder, accs, a_words, panel, b_offset, segment):
         b = [_load(builder, acc_ty, panel, builder.add(b_offset, _I64(j * LANES * K_GROUP)))
              for j in range(blocks)]
-        for m, word in enumerate(a_words):
+        for m, word in enumerate(a_words[0]):
             a = _splat(builder, word, LANES)
             for j in range(blocks):
                 slot = accs[m * blocks + j]
@@ -273,6 +276,49 @@ def _vnni_kernel(module, requantized):
     suffix = "_requant" if requantized else ""
     return _define_kernel(module, "intunlearn_int8_tile_vnni512" + suffix, acc_ty, MR * blocks,
                           step, finish, requantized)
+
+
+def _vnni_int4_kernel(module, requantized):
+    """vpdpbusd on a packed-int4 panel, unpacked in registers: a step reads 256 panel bytes
+    holding two k-groups for 64 channels — byte j of channel c's word is
+    nibble(k = 8p + j) | nibble(k = 8p + 4 + j) << 4 — splits them into low and high
+    nibbles, sign-extends each (n ^ 8) - 8, and feeds two vpdpbusd per accumulator. Half the
+    weight bytes of the int8 panel cross the memory hierarchy; the unpacking costs 6 byte ops
+    per 64 channels x 2 k-groups, shared by the 6 rows."""
+    acc_ty = ir.VectorType(_I32, LANES)
+    bytes_ty = ir.VectorType(_I8, LANES * K_GROUP)
+    fnty = ir.FunctionType(acc_ty, [acc_ty, acc_ty, acc_ty])
+    dpbusd = cgutils.get_or_insert_function(module, fnty, "llvm.x86.avx512.vpdpbusd.512")
+    blocks = NR // LANES
+
+    def byte_constant(value):
+        return ir.Constant(bytes_ty, [value] * (LANES * K_GROUP))
+
+    def sign_extended(builder, nibbles):
+        flipped = builder.xor(nibbles, byte_constant(8))
+        return builder.bitcast(builder.sub(flipped, byte_constant(8)), acc_ty)
+
+    def step(builder, accs, a_words, panel, b_offset, segment):
+        low, high = [], []
+        for j in range(blocks):
+            raw = _load(builder, bytes_ty, panel, builder.add(b_offset, _I64(j * LANES * K_GROUP)))
+            low.append(sign_extended(builder, builder.and_(raw, byte_constant(0x0F))))
+            high.append(sign_extended(builder, builder.lshr(raw, byte_constant(4))))
+        for m in range(MR):
+            a_low = _splat(builder, a_words[0][m], LANES)
+            a_high = _splat(builder, a_words[1][m], LANES)
+            for j in range(blocks):
+                slot = accs[m * blocks + j]
+                acc = builder.call(dpbusd, [builder.load(slot), a_low, low[j]])
+                builder.store(builder.call(dpbusd, [acc, a_high, high[j]]), slot)
+
+    def finish(builder, accs, segment):
+        return [(index // blocks, (index % blocks) * LANES, builder.load(slot))
+                for index, slot in enumerate(accs)]
+
+    suffix = "_requant" if requantized else ""
+    return _define_kernel(module, "intunlearn_int4_tile_vnni512" + suffix, acc_ty, MR * blocks,
+                          step, finish, requantized, k_groups_per_step=2)
 
 
 def _generic_kernel(module, requantized):
@@ -298,7 +344,7 @@ def _generic_kernel(module, requantized):
             b = _load(builder, bytes_ty, panel, builder.add(b_offset, _I64(first * K_GROUP)))
             b_even = builder.sext(_shuffle(builder, b, even), acc_ty)
             b_odd = builder.sext(_shuffle(builder, b, odd), acc_ty)
-            for m, word in enumerate(a_words):
+            for m, word in enumerate(a_words[0]):
                 a_bytes = builder.bitcast(word, ir.VectorType(_I8, K_GROUP))
                 a = _shuffle(builder, a_bytes, [i % K_GROUP for i in range(K_GROUP * width)])
                 a_even = builder.zext(_shuffle(builder, a, even), acc_ty)
@@ -333,7 +379,8 @@ def _tile_intrinsic(make_kernel, requantized):
         """out[m * NR + c] for the rows m < MR and channels c < NR of one register tile:
         dot[m, c] = sum over taps t and k-groups q of the u8 x s8 products of
         image[row_offsets[m] + tap_offsets[t] + 4q + 0..3] and
-        panel[panel_start + (t * groups_per_tap + q) * 256 + 4c + 0..3].
+        panel[panel_start + (t * groups_per_tap + q) * 256 + 4c + 0..3] (int8 panels; for
+        int4 panels groups_per_tap counts pairs of k-groups, see _vnni_int4_kernel).
         Raw kernels store dot (out int32); requantizing ones store
         requantize(dot + qparams[2, channel_start + c]) with multiplier qparams[0, ...] and
         shift qparams[1, ...] (out int8; qparams int32 [3, >= channel_start + NR];
@@ -373,6 +420,13 @@ def _vnni_or_generic(module, requantized):
     return (_vnni_kernel if has_vnni512() else _generic_kernel)(module, requantized)
 
 
+def _vnni_int4_or_generic(module, requantized):
+    # Never taken without VNNI (int4 then goes through int8 panels), but it has to compile.
+    return (_vnni_int4_kernel if has_vnni512() else _generic_kernel)(module, requantized)
+
+
+int4_tile_vnni = _tile_intrinsic(_vnni_int4_or_generic, requantized=False)
+int4_tile_vnni_requant = _tile_intrinsic(_vnni_int4_or_generic, requantized=True)
 int8_tile_vnni = _tile_intrinsic(_vnni_or_generic, requantized=False)
 int8_tile_vnni_requant = _tile_intrinsic(_vnni_or_generic, requantized=True)
 int8_tile_generic = _tile_intrinsic(_generic_kernel, requantized=False)
@@ -380,13 +434,13 @@ int8_tile_generic_requant = _tile_intrinsic(_generic_kernel, requantized=True)
 
 
 def kernel_assembly(isa: str, requantized: bool = True) -> str:
-    """x86/host assembly of one micro-kernel ("vnni" or "generic"), optimized by Numba's
+    """x86/host assembly of one micro-kernel ("vnni", "vnni_int4" or "generic"), optimized by Numba's
     pipeline, for inspection (the benchmark counts vpdpbusd / vpdpwssd / vpmaddwd / vpmulld)."""
     from numba.core.compiler_lock import global_compiler_lock
     from numba.core.registry import cpu_target
 
     module = ir.Module(name=f"intunlearn_{isa}_asm")
-    make = _vnni_or_generic if isa == "vnni" else _generic_kernel
+    make = {"vnni": _vnni_or_generic, "vnni_int4": _vnni_int4_or_generic, "generic": _generic_kernel}[isa]
     fn = make(module, requantized)
     fn.linkage = "external"  # keep it alive through the optimizer
     codegen = cpu_target.target_context.codegen()

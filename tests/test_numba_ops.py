@@ -234,3 +234,31 @@ def test_numba_qconv2d_wide_channels_every_isa(kernel_isa, data):
                   shift=torch.tensor([-10], dtype=torch.int32))
     got, want = _both(ops.qconv2d, x, weight, bias, **params)
     assert torch.equal(got, want)
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.sampled_from([1, 2, 5, 16, 17]), length=st.sampled_from([1, 7, 63, 64, 65, 129, 200]),
+       out_features=st.integers(1, 70), bits=st.sampled_from([8, 4]), extreme=st.booleans(),
+       input_zero_point=st.sampled_from([-128, 0, 127, 1000]), rounding=st.sampled_from(["double", "single"]),
+       seed=st.integers(0, 2**32 - 1))
+def test_numba_qlinear_few_rows_matches_reference(rows, length, out_features, bits, extreme,
+                                                   input_zero_point, rounding, seed):
+    """Up to 16 rows take the weights-in-place kernel on VNNI (whole 64-k chunks plus a tail,
+    odd packed-int4 lengths included); 17 rows the panel GEMM. Both equal the reference."""
+    rng = np.random.default_rng(seed)
+    low, high = (-128, 127) if bits == 8 else (-8, 7)
+    if extreme:  # u8 255 x s8 -128 (or -8) everywhere
+        x = np.full((rows, length), 127, np.int8)
+        weight = np.full((out_features, length), low, np.int8)
+    else:
+        x = rng.integers(-128, 128, (rows, length)).astype(np.int8)
+        weight = rng.integers(low, high + 1, (out_features, length)).astype(np.int8)
+    weight = torch.from_numpy(weight)
+    w = ops.pack_int4(weight) if bits == 4 else weight
+    bias = torch.from_numpy(rng.integers(-2**20, 2**20, out_features).astype(np.int32))
+    params = dict(input_zero_point=input_zero_point, output_zero_point=-7,
+                  multiplier=torch.from_numpy(rng.integers(2**30, 2**31, out_features).astype(np.int32)),
+                  shift=torch.from_numpy(rng.integers(-20, 2, out_features).astype(np.int32)),
+                  weight_bits=bits, rounding=rounding)
+    got, want = _both(ops.qlinear, torch.from_numpy(x), w, bias, **params)
+    assert torch.equal(got, want)

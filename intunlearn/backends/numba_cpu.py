@@ -238,6 +238,9 @@ def qlinear(x, weight, bias, *, in_features, input_zero_point, output_zero_point
     - z_x sum w - z_w sum x + K z_x z_w, all in wrapping int32."""
     x_np = x.detach().cpu().contiguous().numpy()
     batch = x_np.shape[0]
+    if 0 < batch <= _microkernel.GEMV_ROWS and weight_zero_point == 0 and kernel_isa() == "vnni":
+        return torch.from_numpy(_gemv(x_np, weight, bias, input_zero_point, output_zero_point,
+                                      multiplier, shift, act_min, act_max, rounding)).to(x.device)
     row_correction, extra = None, 0
     if weight_zero_point != 0:
         z_w = _wrap32(weight_zero_point)
@@ -252,6 +255,22 @@ def qlinear(x, weight, bias, *, in_features, input_zero_point, output_zero_point
                     multiplier=multiplier, shift=shift, act_min=act_min, act_max=act_max,
                     rounding=rounding, row_correction=row_correction, extra_correction=extra)
     return torch.from_numpy(out.reshape(batch, -1)).to(x.device)
+
+
+def _gemv(x_np, weight, bias, input_zero_point, output_zero_point, multiplier, shift, act_min,
+          act_max, rounding):
+    """A few rows (batch-1 inference): weights streamed in place, packed int4 included, no
+    panels (kernels/cpu/int_gemm.py: gemv_requant)."""
+    out_channels = weight.shape[0]
+    w = weight.detach().cpu().contiguous().numpy()
+    out = np.empty((x_np.shape[0], out_channels), np.int8)
+    bias64 = np.zeros(out_channels, np.int64) if bias is None else bias.cpu().numpy().astype(np.int64)
+    params = (np.int64(_wrap32(output_zero_point)), np.int64(act_min), np.int64(act_max),
+              rounding == "single")
+    _gemm.gemv_requant(x_np, w, w.dtype == np.uint8, bias64, np.int64(input_zero_point),
+                       _per_channel(multiplier, out_channels), _per_channel(shift, out_channels),
+                       params, out)
+    return out
 
 
 def _conv_geometry(x_shape, weight_shape, stride, padding, dilation):

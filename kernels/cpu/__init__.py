@@ -1,4 +1,10 @@
 """Numba CPU kernels: exact int8 / packed-int4 GEMM and convolution with fused TFLite
 requantization (int_gemm), ADD and average pooling (elementwise), and the STE backward with
 fused per-sample weights (backward). Compiled on first use and cached on disk (cache=True);
-threads follow numba.set_num_threads / NUMBA_NUM_THREADS."""
+threads follow numba.set_num_threads / NUMBA_NUM_THREADS.
+
+Developers: Numba's disk cache is keyed on each file's own source and time stamp, not on what it
+imports. The LLVM-IR micro-kernels of microkernel.py (and its constants, e.g. GEMV_ROWS) are
+compiled into the callers' cache entries, so after editing microkernel.py delete the stale
+entries (find . -name "*.nbi" -delete; find . -name "*.nbc" -delete) or run with
+NUMBA_DISABLE_CACHING=1; touching the callers is not enough."""

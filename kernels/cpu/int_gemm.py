@@ -39,7 +39,8 @@ import numpy as np
 from numba import njit, prange
 
 from .fixedpoint import requantize, wrap_int32
-from .microkernel import (K_GROUP, MR, NR, int4_tile_vnni, int4_tile_vnni_requant,
+from .microkernel import (GEMV_CHUNK, GEMV_ROWS, K_GROUP, MR, NR, gemv_row_vnni,
+                          gemv_row_vnni_int4, gemv_tile_vnni, gemv_tile_vnni_int4, int4_tile_vnni, int4_tile_vnni_requant,
                           int8_tile_generic, int8_tile_generic_requant, int8_tile_vnni,
                           int8_tile_vnni_requant)
 
@@ -447,6 +448,51 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
                                           panel_start, qparams, channel_start, epilogue, tile32)
                     _requantize_raw_tile(tile32, out, i, row_count, channel_start, channel_count,
                                          correction, row_correction, multiplier, shift, params)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def gemv_requant(x, weight, int4, bias, input_zero_point, multiplier, shift, params, out):
+    """A linear layer of at most GEMV_ROWS rows with the weights read in place (VNNI):
+    out[r, c] = requantize(sum_k w[c, k] (x[r, k] - z_x) + bias[c]), all in wrapping int32 as
+    the spec. x int8 [M, K]; weight int8 [OC, K] or packed int4 uint8 [OC, ceil(K / 2)] (int4
+    True); bias, multiplier, shift int64 [OC]; params = (z_y, act_min, act_max, single
+    rounding); out int8 [M, OC]. The micro-kernel takes whole 64-k chunks and returns the
+    weight sum too; the K % 64 tail is added here. As in the panel GEMM, the activations are
+    u = x + 128 and the correction is bias - (128 + z_x) * sum_k w."""
+    rows, length = x.shape
+    out_channels = weight.shape[0]
+    z_y, act_min, act_max, single = params
+    u = np.empty(rows * length, np.uint8)
+    for r in range(rows):
+        for k in range(length):
+            u[r * length + k] = np.uint8(x[r, k]) ^ np.uint8(0x80)
+    row_offsets = np.empty(GEMV_ROWS, np.int64)
+    for r in range(GEMV_ROWS):  # rows past the end repeat the last one (not stored)
+        row_offsets[r] = min(r, rows - 1) * length
+    chunks = length // GEMV_CHUNK
+    row_elements = 2 * weight.shape[1] if int4 else weight.shape[1]
+    zero_point_term = wrap_int32(128 + input_zero_point)
+    for c in prange(out_channels):
+        dots = np.empty(GEMV_ROWS + 1, np.int32)
+        if rows == 1 and int4:
+            gemv_row_vnni_int4(u, row_offsets, weight, c * row_elements, chunks, dots)
+        elif rows == 1:
+            gemv_row_vnni(u, row_offsets, weight, c * row_elements, chunks, dots)
+        elif int4:
+            gemv_tile_vnni_int4(u, row_offsets, weight, c * row_elements, chunks, dots)
+        else:
+            gemv_tile_vnni(u, row_offsets, weight, c * row_elements, chunks, dots)
+        weight_sum = np.int64(dots[GEMV_ROWS])
+        tail = np.zeros(GEMV_ROWS, np.int64)
+        for k in range(chunks * GEMV_CHUNK, length):
+            w = np.int64(_nibble(weight, c, k)) if int4 else np.int64(weight[c, k])
+            weight_sum += w
+            for r in range(rows):
+                tail[r] += w * np.int64(u[r * length + k])
+        correction = wrap_int32(bias[c] - wrap_int32(zero_point_term * wrap_int32(weight_sum)))
+        for r in range(rows):
+            acc = wrap_int32(np.int64(dots[r]) + tail[r] + correction)
+            out[r, c] = requantize(acc, multiplier[c], shift[c], z_y, act_min, act_max, single)
 
 
 @njit(cache=True, nogil=True, parallel=True)

@@ -369,6 +369,107 @@ def _generic_kernel(module, requantized):
 
 
 # --------------------------------------------------------------------------------------------
+# Few-row kernel (GEMV): weights read in place, no panel
+# --------------------------------------------------------------------------------------------
+# With a handful of rows (batch-1 inference) a GEMM's time is the weight traffic, and packing
+# panels costs more than the multiply. Here the lanes run along K instead: one output channel
+# at a time, its weight row is read straight from the [OC, K] (or packed int4 [OC, K/2])
+# tensor, 64 k per step, and multiplied with the same 64 activation bytes of up to GEMV_ROWS
+# rows; a ninth accumulator multiplies the weights by ones (their sum, for the zero-point
+# correction). Lane sums are folded at the end. Only whole 64-k chunks run here; the caller
+# does the K % 64 tail.
+
+GEMV_ROWS = 16
+GEMV_CHUNK = 64  # k values per step
+
+
+def _gemv_kernel(module, int4, rows_count):
+    name = f"intunlearn_gemv{rows_count}_vnni512" + ("_int4" if int4 else "")
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    acc_ty = ir.VectorType(_I32, LANES)
+    bytes_ty = ir.VectorType(_I8, GEMV_CHUNK)
+    half_ty = ir.VectorType(_I8, GEMV_CHUNK // 2)
+    dpbusd = cgutils.get_or_insert_function(
+        module, ir.FunctionType(acc_ty, [acc_ty, acc_ty, acc_ty]), "llvm.x86.avx512.vpdpbusd.512")
+    i8p, i64p, i32p = _I8.as_pointer(), _I64.as_pointer(), _I32.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i8p, i64p, i8p, _I64, i32p]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    x, row_offsets, weight, chunks, out = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    rows = [builder.load(builder.gep(row_offsets, [_I64(r)])) for r in range(rows_count)]
+    accs = [cgutils.alloca_once_value(builder, ir.Constant(acc_ty, None)) for _ in range(rows_count + 1)]
+    ones = builder.bitcast(ir.Constant(bytes_ty, [1] * GEMV_CHUNK), acc_ty)
+
+    def half_constant(value):
+        return ir.Constant(half_ty, [value] * (GEMV_CHUNK // 2))
+
+    def signed_nibbles(nibbles):
+        return builder.sub(builder.xor(nibbles, half_constant(8)), half_constant(8))
+
+    def body(c):
+        start = builder.mul(c, _I64(GEMV_CHUNK))
+        if int4:  # 32 bytes = 64 nibbles, element 2i the low nibble of byte i
+            raw = _load(builder, half_ty, weight, builder.mul(c, _I64(GEMV_CHUNK // 2)))
+            low = signed_nibbles(builder.and_(raw, half_constant(0x0F)))
+            high = signed_nibbles(builder.lshr(raw, half_constant(4)))
+            interleave = [i // 2 + (GEMV_CHUNK // 2) * (i % 2) for i in range(GEMV_CHUNK)]
+            w = builder.bitcast(builder.shuffle_vector(
+                low, high, ir.Constant(ir.VectorType(_I32, GEMV_CHUNK), interleave)), acc_ty)
+        else:
+            w = _load(builder, acc_ty, weight, start)
+        for r, row in enumerate(rows):
+            a = _load(builder, acc_ty, x, builder.add(row, start))
+            builder.store(builder.call(dpbusd, [builder.load(accs[r]), a, w]), accs[r])
+        builder.store(builder.call(dpbusd, [builder.load(accs[-1]), ones, w]), accs[-1])
+
+    _counted_loop(builder, chunks, body)
+    for r, slot in enumerate(accs):  # the weight sum goes to out[GEMV_ROWS]
+        vec = builder.load(slot)
+        total = builder.extract_element(vec, _I32(0))
+        for lane in range(1, LANES):
+            total = builder.add(total, builder.extract_element(vec, _I32(lane)))
+        builder.store(total, builder.gep(out, [_I64(r if r < rows_count else GEMV_ROWS)]))
+    builder.ret_void()
+    return fn
+
+
+def _gemv_intrinsic(int4, rows_count):
+    def tile(typingctx, x, row_offsets, weight, weight_start, chunks, out):
+        """out[r] (r < rows_count) = sum over k < 64 * chunks of the u8 x s8 products of
+        x[row_offsets[r] + k] and weight element weight_start + k (int8 bytes, or packed int4
+        nibbles with weight_start counted in elements, even); out[GEMV_ROWS] = the sum of
+        those weights. Wrapping int32. x uint8 flat, out int32 [GEMV_ROWS + 1]."""
+        sig = types.void(x, row_offsets, weight, types.int64, types.int64, out)
+
+        def codegen(context, builder, signature, args):
+            x_v, rows_v, weight_v, start_v, chunks_v, out_v = args
+            x_a, rows_a, weight_a, out_a = (context.make_array(signature.args[i])(context, builder, v)
+                                            for i, v in ((0, x_v), (1, rows_v), (2, weight_v), (5, out_v)))
+            i8p = _I8.as_pointer()
+            byte_start = builder.ashr(start_v, _I64(1)) if int4 else start_v
+            builder.call(_gemv_kernel(builder.module, int4, rows_count),
+                         [builder.bitcast(x_a.data, i8p), rows_a.data,
+                          builder.gep(builder.bitcast(weight_a.data, i8p), [byte_start]), chunks_v,
+                          builder.bitcast(out_a.data, _I32.as_pointer())])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return intrinsic(tile)
+
+
+# One row (batch 1) and GEMV_ROWS rows; the one-row kernel does not pay for seven idle rows.
+gemv_tile_vnni = _gemv_intrinsic(int4=False, rows_count=GEMV_ROWS)
+gemv_tile_vnni_int4 = _gemv_intrinsic(int4=True, rows_count=GEMV_ROWS)
+gemv_row_vnni = _gemv_intrinsic(int4=False, rows_count=1)
+gemv_row_vnni_int4 = _gemv_intrinsic(int4=True, rows_count=1)
+
+
+# --------------------------------------------------------------------------------------------
 # Numba entry points
 # --------------------------------------------------------------------------------------------
 

@@ -66,6 +66,8 @@ def _threads() -> int:
     return numba.get_num_threads()
 
 
+_NO_BIAS = np.zeros(0, np.int32)
+_NO_ROW_CORRECTION = np.zeros(1, np.int64)  # read-only use: no row correction
 _SERIAL_BYTES = 512 << 10  # packing / layout passes over less than this run on one thread
 
 
@@ -157,22 +159,25 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
             else:
                 panel, weight_sums = _gemm.pack_weight_panel(weight2d, groups, group_channels,
                                                              taps, channels_padded)
-    bias64 = np.zeros(out_channels, np.int64) if bias is None else bias.cpu().numpy().astype(np.int64)
     z_x = _wrap32(input_zero_point)
+    bias32 = _NO_BIAS if bias is None else bias.detach().cpu().numpy()
+    multiplier32, shift32 = multiplier.detach().cpu().numpy(), shift.detach().cpu().numpy()
     if -128 <= input_zero_point <= 127 or not any(padding):
         # Padding taps hold z_x + 128 like any tap whose x equals z_x: one correction per channel.
         pad_byte = input_zero_point + 128 if -128 <= input_zero_point <= 127 else 128
-        correction = (bias64 - _wrap32(_wrap32(128 + z_x) * weight_sums) + extra_correction)[None, :]
+        qparams, correction, multiplier64, shift64 = _gemm.channel_epilogue(
+            bias32, weight_sums, np.int64(_wrap32(128 + z_x)), np.int64(_wrap32(extra_correction)),
+            multiplier32, shift32)
     else:
         # z_x is not an int8: padding taps hold x = 0, and the correction sums only the weights
-        # of in-image taps, per output position.
+        # of in-image taps, per output position (the scalar epilogue, on raw int32 tiles).
         pad_byte = 128
+        qparams, base, multiplier64, shift64 = _gemm.channel_epilogue(
+            bias32, weight_sums, np.int64(128), np.int64(_wrap32(extra_correction)), multiplier32, shift32)
         sums = _gemm.valid_weight_sums(weight2d, groups, group_channels, geometry, height, width)
-        correction = (bias64 - _wrap32(128 * weight_sums))[None, :] - _wrap32(_wrap32(sums) * z_x) \
-            + extra_correction
-    correction = np.ascontiguousarray(_wrap32(correction))
+        correction = np.ascontiguousarray(_wrap32(base - _wrap32(_wrap32(sums) * z_x)))
     if row_correction is None:
-        row_correction = np.zeros(1, np.int64)
+        row_correction = _NO_ROW_CORRECTION
     height_padded, width_padded = height + top + bottom, width + left + right
     pixel = groups * channels_padded
     with _serial_if_small(batch * height_padded * width_padded * groups * channels_padded):
@@ -186,16 +191,10 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
         return out.reshape(batch, positions, out_channels).transpose(0, 2, 1)
     channel_blocks = -(-(out_channels // groups) // _microkernel.NR)
     rows_per_block, channel_splits = _work_split(rows, groups, channel_blocks)
-    multiplier64 = _per_channel(multiplier, out_channels)
-    shift64 = _per_channel(shift, out_channels)
     # The micro-kernel's fused epilogue covers a per-channel correction; a correction per
     # position (z_x not an int8, with padding) or per row (a weight zero point) takes the
     # scalar epilogue on raw int32 tiles.
     fused = correction.shape[0] == 1 and row_correction.shape[0] == 1 and row_correction[0] == 0
-    qparams = np.zeros((3, out_channels + _microkernel.NR), np.int32)
-    qparams[0, :out_channels] = multiplier64
-    qparams[1, :out_channels] = shift64
-    qparams[2, :out_channels] = correction[0]
     epilogue = np.array([rounding == "single", _wrap32(output_zero_point), act_min, act_max],
                         np.int64)
     params = (np.int64(_wrap32(output_zero_point)), np.int64(act_min), np.int64(act_max),
@@ -395,12 +394,13 @@ def _conv_backward(grad_output, output, x, weight, *, weight_shape, groups, geom
 
     grad_input = None
     if needs_input_grad:
-        scales = np.broadcast_to(weight_scales.detach().cpu().numpy().astype(np.float32).reshape(-1),
-                                 (out_channels,))
+        scales = weight_scales.detach().cpu().numpy().astype(np.float32, copy=False).reshape(-1, 1)
         columns_stride = bk.row_stride(length)
         weight_flat = np.zeros(out_channels * columns_stride + _microkernel.NR, np.float32)
         weight_t = weight_flat[:out_channels * columns_stride].reshape(out_channels, columns_stride)
-        weight_t[:, :length] = _unpacked_weight(weight, out_channels, length) * scales[:, None]
+        values = (weight.detach().cpu().numpy().reshape(out_channels, length) if weight.dtype == torch.int8
+                  else _unpacked_weight(weight, out_channels, length))
+        np.multiply(values, scales, out=weight_t[:, :length])  # s_w[c] * w[c, k]
         grad_image = np.empty((batch, height_padded, width_padded, channels), np.float32)
         images_per_item = max(1, -(-4 * _microkernel.MR // positions))
         bk.input_gradient(gradient_rows, stride, weight_flat, columns_stride, groups, row_base,

@@ -450,6 +450,30 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
                                          correction, row_correction, multiplier, shift, params)
 
 
+@njit(cache=True, nogil=True)
+def channel_epilogue(bias, weight_sums, zero_point_term, extra, multiplier, shift):
+    """The fused epilogue's tables in one call: correction[c] = bias[c] - zero_point_term *
+    weight_sums[c] + extra (wrapping int32; bias may be empty = 0), and qparams int32
+    [3, OC + NR] = (multiplier, shift, correction), padded for the last 64-channel tile.
+    multiplier / shift int32 [OC] or [1] (shared). Returns (qparams, correction int64 [1, OC],
+    multiplier int64 [OC], shift int64 [OC])."""
+    out_channels = weight_sums.shape[0]
+    qparams = np.zeros((3, out_channels + NR), np.int32)
+    correction = np.empty((1, out_channels), np.int64)
+    multiplier64 = np.empty(out_channels, np.int64)
+    shift64 = np.empty(out_channels, np.int64)
+    for c in range(out_channels):
+        base = np.int64(bias[c]) if bias.shape[0] > 0 else np.int64(0)
+        value = wrap_int32(base - wrap_int32(zero_point_term * weight_sums[c]) + extra)
+        correction[0, c] = value
+        multiplier64[c] = multiplier[c if multiplier.shape[0] > 1 else 0]
+        shift64[c] = shift[c if shift.shape[0] > 1 else 0]
+        qparams[0, c] = multiplier64[c]
+        qparams[1, c] = shift64[c]
+        qparams[2, c] = value
+    return qparams, correction, multiplier64, shift64
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def gemv_requant(x, weight, int4, bias, input_zero_point, multiplier, shift, params, out):
     """A linear layer of at most GEMV_ROWS rows with the weights read in place (VNNI):

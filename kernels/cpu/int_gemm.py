@@ -190,27 +190,6 @@ def _nibble_word(word):
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def pack_int4_panel_words(words, packed, out_channels):
-    """pack_int4_panel for one group, one tap and K a multiple of 8 (a linear layer): each
-    32-bit word of the packed rows [OC, K / 8] holds one panel word's eight nibbles, so packing
-    is a nibble shuffle and a 32-bit transpose; packed is the same bytes as uint8 [OC, K / 2],
-    for the weight sums."""
-    blocks = -(-out_channels // NR)
-    panel = np.empty(blocks * words.shape[1] * NR, np.uint32)
-    sums = np.empty(out_channels, np.int64)
-    for block in prange(blocks):
-        _transpose_words(words, out_channels, block, _nibble_word, panel)
-        for lane in range(min(NR, out_channels - block * NR)):
-            row = packed[block * NR + lane]
-            total = np.int32(0)
-            for i in range(row.shape[0]):  # two sign-extended nibbles a byte (vectorized)
-                byte = np.int32(row[i])
-                total += np.int32(np.int32(byte << 28) >> 28) + np.int32(np.int32(byte << 24) >> 28)
-            sums[block * NR + lane] = total
-    return panel.view(np.uint8), sums
-
-
-@njit(cache=True, nogil=True, parallel=True)
 def pad_nhwc(x, groups, channels_padded, pad_top, pad_left, height_padded, width_padded,
              pad_byte):
     """int8 NCHW -> uint8 flat [N][Hp][Wp][G][Cgp] holding x + 128 (x ^ 0x80), the border
@@ -264,24 +243,55 @@ def _same_word(word):
     return word
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _int8_row_sum(row):
+    total = np.int32(0)  # |sum| < 2**31 for K < 2**24 (vectorized)
+    for i in range(row.shape[0]):
+        total += np.int32(row[i])
+    return total
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _int4_row_sum(row):
+    total = np.int32(0)
+    for i in range(row.shape[0]):  # two sign-extended nibbles a byte (vectorized)
+        byte = np.int32(row[i])
+        total += np.int32(np.int32(byte << 28) >> 28) + np.int32(np.int32(byte << 24) >> 28)
+    return total
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _panel_words(words, rows, out_channels, convert, row_sum):
+    """Panels of a linear layer's weights from their 32-bit words [OC, W] (each already one
+    panel word, up to `convert`) and the weight sums from the same bytes `rows`."""
+    blocks = -(-out_channels // NR)
+    panel = np.empty(blocks * words.shape[1] * NR, np.uint32)
+    sums = np.empty(out_channels, np.int64)
+    for block in prange(blocks):
+        _transpose_words(words, out_channels, block, convert, panel)
+        for lane in range(min(NR, out_channels - block * NR)):
+            sums[block * NR + lane] = row_sum(rows[block * NR + lane])
+    return panel, sums
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def pack_weight_panel_words(words, weight, out_channels):
     """pack_weight_panel for one group, one tap and K a multiple of 4 (a linear layer): the
     weight viewed as uint32 words [OC, K / 4] already holds each panel word (4 consecutive k),
     so packing is a 32-bit transpose into [blocks][K / 4][64]; weight is the same bytes as int8
     [OC, K], for the weight sums. Returns the panel as int8."""
-    blocks = -(-out_channels // NR)
-    panel = np.empty(blocks * words.shape[1] * NR, np.uint32)
-    sums = np.empty(out_channels, np.int64)
-    for block in prange(blocks):
-        _transpose_words(words, out_channels, block, _same_word, panel)
-        for lane in range(min(NR, out_channels - block * NR)):
-            row = weight[block * NR + lane]
-            total = np.int32(0)  # |sum| < 2**31 for K < 2**24 (vectorized)
-            for i in range(row.shape[0]):
-                total += np.int32(row[i])
-            sums[block * NR + lane] = total
+    panel, sums = _panel_words(words, weight, out_channels, _same_word, _int8_row_sum)
     return panel.view(np.int8), sums
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def pack_int4_panel_words(words, packed, out_channels):
+    """pack_int4_panel for one group, one tap and K a multiple of 8 (a linear layer): each
+    32-bit word of the packed rows [OC, K / 8] holds one panel word's eight nibbles, so packing
+    is a nibble shuffle and a 32-bit transpose; packed is the same bytes as uint8 [OC, K / 2],
+    for the weight sums."""
+    panel, sums = _panel_words(words, packed, out_channels, _nibble_word, _int4_row_sum)
+    return panel.view(np.uint8), sums
 
 
 _U64 = np.uint64

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from intunlearn import _checks as check
 from intunlearn import ops
 from intunlearn import qparams as qp
 from intunlearn.backends import resolve
@@ -121,7 +122,7 @@ def quantize_weight(weight: Tensor, scales: Tensor, bits: int, *, mask: bool = T
     limit = qp.weight_max(bits)
     kernels = qp._cpu_kernels() if weight.device.type == "cpu" else None
     if kernels is not None:
-        flat = weight.detach().float().contiguous().reshape(weight.shape[0], -1)
+        flat = _float_array(weight).reshape(weight.shape[0], -1)
         codes = torch.empty(flat.shape, dtype=torch.int8)
         inside = torch.empty(flat.shape if mask else (0, 0), dtype=torch.bool)
         slopes = torch.empty(flat.shape if slope else (0, 0), dtype=torch.float64)
@@ -152,7 +153,7 @@ def requantization_params(bias, weight_scale, input_scale, output_scale, channel
     b_q = None if bias is None else torch.empty(channels, dtype=torch.int32)
     status = kernels.requantization_params(
         float(input_scale), scales, float(output_scale),
-        _NO_BIAS if bias is None else bias.detach().float().numpy(), multiplier.numpy(), shift.numpy(),
+        _NO_BIAS if bias is None else _float_array(bias).numpy(), multiplier.numpy(), shift.numpy(),
         _NO_BIAS_CODES if b_q is None else b_q.numpy())
     if status:  # the messages of the torch / reference formulations
         if status == 3:
@@ -164,6 +165,13 @@ def requantization_params(bias, weight_scale, input_scale, output_scale, channel
 
 
 _NO_BIAS, _NO_BIAS_CODES = np.zeros(0, np.float32), np.zeros(0, np.int32)
+
+
+def _float_array(values: Tensor) -> Tensor:
+    """float32 or float64 values as they are (the kernels divide in float64); other floating
+    types widened to float64, which holds them exactly."""
+    values = values.detach()
+    return (values if values.dtype in (torch.float32, torch.float64) else values.double()).contiguous()
 
 
 def integer_params(weight, bias, weight_scale, input_scale, output_scale, weight_bits):
@@ -190,10 +198,18 @@ def _lsq_scale_grad(grad_weight_real, slope, weight_bits):
 # (stride, padding, dilation, groups) for a convolution, in the custom ops' argument order.
 
 
-def _check_layer_shapes(x: Tensor, weight: Tensor, geometry) -> None:
-    """The shape checks of intunlearn.ops that the float inputs of a training op can fail (the
-    int8 tensors derived from them are valid by construction, so the integer op is called on
-    the backend directly)."""
+def _check_layer_inputs(x: Tensor, weight: Tensor, bias, weight_scale: Tensor, params, geometry) -> None:
+    """The checks of intunlearn.ops that the inputs of a training op can fail (the int8
+    tensors derived from them are valid by construction, so the integer op is called on the
+    backend directly)."""
+    act_min, act_max, _, rounding = params[4:8]
+    check.activation_range(act_min, act_max)
+    check.choice("rounding", rounding, ops.ROUNDINGS)
+    channels = weight.shape[0] if weight.dim() else 0
+    if bias is not None and tuple(bias.shape) != (channels,):
+        raise ValueError(f"bias must have shape [{channels}] (one per output channel), got {tuple(bias.shape)}")
+    if weight_scale.dim() != 1 or weight_scale.shape[0] not in (1, channels):
+        raise ValueError(f"weight_scale must have shape [{channels}] or [1], got {tuple(weight_scale.shape)}")
     if not geometry:
         if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1]:
             raise ValueError(f"quant_linear: x must be [N, IN] and weight [OUT, IN] with the same IN, "
@@ -216,7 +232,7 @@ def _integer_forward(x, weight, bias, weight_scale, params, geometry, *, weight_
     weight mask / LSQ slope None unless asked for."""
     (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max, weight_bits,
      rounding, backend) = params
-    _check_layer_shapes(x, weight, geometry)
+    _check_layer_inputs(x, weight, bias, weight_scale, params, geometry)
     x_q, x_inside = quantize_input(x, input_scale, input_zero_point)
     w_q, w_inside, w_slope = quantize_weight(weight, weight_scale, weight_bits, mask=weight_mask,
                                              slope=weight_slope)
@@ -311,9 +327,11 @@ class _EagerIntegerLayer(torch.autograd.Function):
 
 def _eager(*tensors) -> bool:
     """Whether to take the eager path: not while torch.compile / export traces (the custom ops
-    are what they see) and only on real tensors."""
+    are what they see) and only on real tensors (fake and meta ones get the ops' fake
+    implementations)."""
     return not torch.compiler.is_compiling() and not any(
-        isinstance(t, torch._subclasses.FakeTensor) for t in tensors if t is not None)
+        isinstance(t, torch._subclasses.FakeTensor) or t.device.type == "meta"
+        for t in tensors if t is not None)
 
 
 def apply_quant_linear(x, weight, bias, weight_scale, sample_weights, *params):

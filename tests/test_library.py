@@ -177,3 +177,33 @@ def test_training_ops_name_mismatched_shapes():
     inputs["groups"] = 3
     with pytest.raises(ValueError, match="groups"):
         library.apply_quant_conv2d(*inputs.values())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"bias": torch.zeros(3)}, "bias must have shape \\[4\\]"),
+    ({"weight_scale": torch.ones(2)}, "weight_scale must have shape"),
+    ({"act_min": 100, "act_max": -100}, "act_min must be <= act_max"),
+    ({"act_min": -1000}, "act_min"),
+    ({"rounding": "bogus"}, "rounding"),
+])
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_training_ops_name_bad_parameters(change, message, entry):
+    inputs = {**linear_inputs(0, "auto"), **change}
+    with pytest.raises(ValueError, match=message):
+        ENTRY_POINTS[entry][0](*inputs.values())
+
+
+def test_training_weight_codes_of_float64_weights_are_computed_in_float64():
+    """2.4999999999 rounds to 2 (float32 would first make it 2.5 and round to 3)."""
+    codes, inside, slope = library.quantize_weight(torch.tensor([[2.4999999999]], dtype=torch.float64),
+                                                   torch.tensor([1.0], dtype=torch.float64), 8)
+    assert codes.item() == 2 and inside.item() and slope.item() == pytest.approx(-0.4999999999)
+
+
+def test_training_ops_on_meta_tensors_give_meta_outputs():
+    """Meta tensors (shape inference) take the custom ops' fake implementations."""
+    inputs = linear_inputs(0, "auto")
+    for name in ("x", "weight", "bias", "weight_scale", "sample_weights"):
+        inputs[name] = inputs[name].detach().to("meta")
+    out = library.apply_quant_linear(*inputs.values())
+    assert out.device.type == "meta" and out.shape == (5, 4)

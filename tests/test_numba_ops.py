@@ -262,3 +262,15 @@ def test_numba_qlinear_few_rows_matches_reference(rows, length, out_features, bi
                   weight_bits=bits, rounding=rounding)
     got, want = _both(ops.qlinear, torch.from_numpy(x), w, bias, **params)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("input_zero_point", [300, -1000])
+def test_numba_qconv2d_zero_point_outside_int8_one_output_position(input_zero_point):
+    """z_x outside int8 with padding makes the correction depend on the position (padding taps
+    hold x = 0); a 1x1 output must still take that per-position epilogue."""
+    x = torch.tensor([[[[5]]]], dtype=torch.int8)
+    weight = torch.ones(2, 1, 3, 3, dtype=torch.int8)
+    params = dict(padding=1, input_zero_point=input_zero_point, output_zero_point=0,
+                  multiplier=torch.tensor([1 << 30], dtype=torch.int32), shift=torch.tensor([-8], dtype=torch.int32))
+    got, want = _both(ops.qconv2d, x, weight, None, **params)
+    assert torch.equal(got, want)

@@ -162,7 +162,8 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
     z_x = _wrap32(input_zero_point)
     bias32 = _NO_BIAS if bias is None else bias.detach().cpu().numpy()
     multiplier32, shift32 = multiplier.detach().cpu().numpy(), shift.detach().cpu().numpy()
-    if -128 <= input_zero_point <= 127 or not any(padding):
+    per_channel = -128 <= input_zero_point <= 127 or not any(padding)
+    if per_channel:
         # Padding taps hold z_x + 128 like any tap whose x equals z_x: one correction per channel.
         pad_byte = input_zero_point + 128 if -128 <= input_zero_point <= 127 else 128
         qparams, correction, multiplier64, shift64 = _gemm.channel_epilogue(
@@ -194,7 +195,7 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
     # The micro-kernel's fused epilogue covers a per-channel correction; a correction per
     # position (z_x not an int8, with padding) or per row (a weight zero point) takes the
     # scalar epilogue on raw int32 tiles.
-    fused = correction.shape[0] == 1 and row_correction.shape[0] == 1 and row_correction[0] == 0
+    fused = per_channel and row_correction.shape[0] == 1 and row_correction[0] == 0
     epilogue = np.array([rounding == "single", _wrap32(output_zero_point), act_min, act_max],
                         np.int64)
     params = (np.int64(_wrap32(output_zero_point)), np.int64(act_min), np.int64(act_max),

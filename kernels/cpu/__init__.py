@@ -6,5 +6,5 @@ threads follow numba.set_num_threads / NUMBA_NUM_THREADS.
 Developers: Numba's disk cache is keyed on each file's own source and time stamp, not on what it
 imports. The LLVM-IR micro-kernels of microkernel.py (and its constants, e.g. GEMV_ROWS) are
 compiled into the callers' cache entries, so after editing microkernel.py delete the stale
-entries (find . -name "*.nbi" -delete; find . -name "*.nbc" -delete) or run with
-NUMBA_DISABLE_CACHING=1; touching the callers is not enough."""
+entries (find . -name "*.nbi" -delete; find . -name "*.nbc" -delete) or point NUMBA_CACHE_DIR at an
+empty folder; touching the callers is not enough."""

@@ -289,7 +289,7 @@ def _custom_op_backward(grad_output, x, weight, bias, weight_scale, sample_weigh
     x_q, x_inside = quantize_input(x, input_scale, input_zero_point)
     w_q, w_inside, w_slope = quantize_weight(weight, weight_scale, params[6], mask=needs_weight,
                                              slope=needs_scale)
-    y_q = (qp.round_half_away(output.double() / output_scale) + output_zero_point).to(torch.int8)
+    y_q, _ = qp.quantize_activation(output, output_scale, output_zero_point)  # exact: on the grid
     grads = _integer_backward(grad_output, (x_q, x_inside, w_q, w_inside, w_slope, y_q), weight, bias,
                               weight_scale, sample_weights, params, geometry, needs_input, needs_weight,
                               needs_scale)

@@ -332,9 +332,9 @@ def qavg_pool2d(x, *, kernel_size, stride, padding, act_min, act_max):
 # --------------------------------------------------------------------------------------------
 
 def _unpacked_weight(weight, out_channels, length) -> np.ndarray:
-    """int weight values as float32 [OC, length] (packed int4 is unpacked)."""
+    """int weight values [OC, length] (packed int4 is unpacked; int8 is a view)."""
     from intunlearn.backends.reference import unpacked_weight
-    return unpacked_weight(weight.detach().cpu().contiguous().reshape(out_channels, -1), length).astype(np.float32)
+    return unpacked_weight(weight.detach().cpu().contiguous().reshape(out_channels, -1), length)
 
 
 def _conv_backward(grad_output, output, x, weight, *, weight_shape, groups, geometry,
@@ -399,9 +399,8 @@ def _conv_backward(grad_output, output, x, weight, *, weight_shape, groups, geom
         columns_stride = bk.row_stride(length)
         weight_flat = np.zeros(out_channels * columns_stride + _microkernel.NR, np.float32)
         weight_t = weight_flat[:out_channels * columns_stride].reshape(out_channels, columns_stride)
-        values = (weight.detach().cpu().numpy().reshape(out_channels, length) if weight.dtype == torch.int8
-                  else _unpacked_weight(weight, out_channels, length))
-        np.multiply(values, scales, out=weight_t[:, :length])  # s_w[c] * w[c, k]
+        np.multiply(_unpacked_weight(weight, out_channels, length), scales,
+                    out=weight_t[:, :length])  # s_w[c] * w[c, k]
         grad_image = np.empty((batch, height_padded, width_padded, channels), np.float32)
         images_per_item = max(1, -(-4 * _microkernel.MR // positions))
         bk.input_gradient(gradient_rows, stride, weight_flat, columns_stride, groups, row_base,

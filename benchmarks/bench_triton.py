@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import pathlib
 import platform
 import sys
 
 import torch
+
+from intunlearn.io import write_json_atomic
 
 PEAK_INT8_TOPS = 1979.0  # H100/H200 SXM dense int8 tensor-core peak
 
@@ -135,8 +136,7 @@ def main(argv=None):
     slug = "".join(ch if ch.isalnum() else "-" for ch in device_name.lower()).strip("-")
     out = args.out or (pathlib.Path(__file__).parent / "results"
                        / f"triton-{slug}-{datetime.date.today().isoformat()}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json_atomic(out, results)
     print(f"wrote {out}")
 
 

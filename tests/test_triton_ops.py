@@ -123,6 +123,24 @@ def test_triton_qlinear_zero_point_outside_int8(case, input_zero_point):
     _assert_same(ops.qlinear, x, weight, bias, **params)
 
 
+def test_triton_long_reductions_wrap_like_the_spec():
+    """K past 131071: the int32 sum of -128 x -128 products overflows and must wrap as the
+    spec's accumulator does (a compiled mma.sync saturates; the kernels cut K into chunks)."""
+    in_features = 131072 + 64
+    x = torch.full((2, in_features), -128, dtype=torch.int8)
+    weight = torch.full((3, in_features), -128, dtype=torch.int8)
+    params = dict(input_zero_point=0, output_zero_point=0,
+                  multiplier=_to(torch.tensor([1 << 30], dtype=torch.int32)),
+                  shift=_to(torch.tensor([-24], dtype=torch.int32)))
+    _assert_same(ops.qlinear, _to(x), _to(weight), None, **params)
+    _assert_same(ops.qlinear, _to(x), _to(ops.pack_int4(weight // 16)), None, weight_bits=4,
+                 **params)
+    channels = 14564  # 9 taps * 14564 = 131076 > 131071
+    image = torch.full((1, channels, 3, 3), -128, dtype=torch.int8)
+    kernel = torch.full((1, channels, 3, 3), -128, dtype=torch.int8)
+    _assert_same(ops.qconv2d, _to(image), _to(kernel), None, padding=1, **params)
+
+
 @pytest.mark.parametrize("rounding", ["double", "single"])
 @pytest.mark.parametrize("in_features", [1, 63, 64, 65, 129, 131])
 def test_triton_qlinear_extremes(rounding, in_features):

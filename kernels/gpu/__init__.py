@@ -6,6 +6,7 @@
     elementwise.py  qadd (TFLite int8 ADD) and qavg_pool2d
     backward.py     STE backward of qlinear and qconv2d (fp32), mask and per-sample weights fused
     configs.py      autotuning configs: Hopper search space, one large-block config interpreted
+    aot.py          compile for sm_90 without a GPU; registers, spills, pipelining, MMA kinds
 
 They run compiled on CUDA tensors, or on CPU tensors under Triton's interpreter
 (TRITON_INTERPRET=1 set before triton is imported) for testing. They depend on triton, torch and

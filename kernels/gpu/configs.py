@@ -16,16 +16,17 @@ def _config(block_m, block_n, block_k, stages, warps, **extra):
                          num_stages=stages, num_warps=warps)
 
 
-def gemm_configs():
-    """int8 GEMM (qlinear). Large square tiles for big GEMMs (int8 MMA wants BLOCK_K >= 64);
-    thin BLOCK_M=16/32 tiles for decode-like small-M calls where weight bandwidth dominates."""
-    if INTERPRET:
+def gemm_configs(interpret: bool = INTERPRET):
+    """int8 GEMM (qlinear). Square tiles for big GEMMs (int8 MMA wants BLOCK_K >= 64); thin
+    BLOCK_M=16/32 tiles for decode-like small-M calls where weight bandwidth dominates.
+    Every config compiles for sm_90 without register spills, int8 and int4
+    (benchmarks/triton_compile_report.py); 128x256 tiles spill in the int64 epilogue."""
+    if interpret:
         return [_config(32, 32, 64, 1, 4, GROUP_M=8)]
     return [
-        _config(128, 256, 128, 3, 8, GROUP_M=8),
-        _config(256, 128, 128, 3, 8, GROUP_M=8),
         _config(128, 128, 128, 4, 8, GROUP_M=8),
-        _config(128, 128, 64, 4, 4, GROUP_M=8),
+        _config(128, 128, 256, 3, 8, GROUP_M=8),
+        _config(128, 64, 128, 4, 4, GROUP_M=8),
         _config(64, 128, 128, 4, 4, GROUP_M=8),
         _config(64, 64, 128, 4, 4, GROUP_M=8),
         _config(32, 128, 256, 4, 4, GROUP_M=8),
@@ -35,24 +36,25 @@ def gemm_configs():
     ]
 
 
-def conv_configs():
-    """Implicit-GEMM convolution: M = N*OH*OW is large, N = OC/groups is 64..512, K = C/g*KH*KW."""
-    if INTERPRET:
+def conv_configs(interpret: bool = INTERPRET):
+    """Implicit-GEMM convolution: M = N*OH*OW is large, N = OC/groups is 64..512, K = C/g per
+    tap. The gathered activation tiles cost registers: 128x128 tiles spill on sm_90, so the
+    space stops at 128x64 / 64x128 (benchmarks/triton_compile_report.py)."""
+    if interpret:
         return [_config(64, 32, 64, 1, 4)]
     return [
-        _config(128, 128, 64, 4, 8),
-        _config(128, 64, 64, 4, 4),
-        _config(256, 128, 64, 3, 8),
-        _config(128, 256, 64, 3, 8),
+        _config(128, 64, 64, 4, 8),
+        _config(64, 128, 64, 4, 8),
+        _config(64, 64, 128, 3, 4),
         _config(64, 64, 64, 4, 4),
-        _config(128, 128, 128, 3, 8),
+        _config(32, 64, 64, 4, 4),
         _config(64, 32, 32, 4, 4),  # depthwise / tiny groups
     ]
 
 
-def backward_configs():
+def backward_configs(interpret: bool = INTERPRET):
     """fp32 backward GEMMs (IEEE fp32 dot)."""
-    if INTERPRET:
+    if interpret:
         return [_config(32, 32, 64, 1, 4)]
     return [
         _config(64, 64, 32, 3, 4),
@@ -62,6 +64,11 @@ def backward_configs():
     ]
 
 
-def elementwise_block():
+def row_sum_blocks(interpret: bool = INTERPRET):
+    """(rows, columns) per step of the row-sum pass that feeds the zero-point corrections."""
+    return (16, 256) if interpret else (32, 256)
+
+
+def elementwise_block(interpret: bool = INTERPRET):
     """Elements per program for qadd / avg pool."""
-    return 4096 if INTERPRET else 1024
+    return 4096 if interpret else 1024

@@ -2,20 +2,29 @@
 
 The convolution of one group is a GEMM  y[m, oc] = sum_k x_col[m, k] * w[oc, k]  with
     m = (n, oh, ow)          over N*OH*OW output positions,
-    k = (ci, ky, kx)         over C/groups*KH*KW taps, the flattened OIHW weight row,
+    k = (ky, kx, ci)         over the KH*KW taps, and within a tap the C/groups input channels,
     x_col[m, k] = x[n, g*C/groups + ci, oh*sh - top + ky*dh, ow*sw - left + kx*dw].
-No im2col tensor exists: each program decomposes its BLOCK_M output positions and each BLOCK_K
-slice of taps into indices and gathers the x tile straight from the activation (NCHW or
-channels_last, through its strides) into registers, then tl.dot(int8, int8) -> int32.
-Grid: (M tiles, OC/groups tiles, groups); depthwise is groups = C with K = KH*KW.
+No im2col tensor exists. Taps are the outer loop (unrolled, KH and KW are constexpr): for one
+tap every output position reads one input cell, so the address of a tile is a per-row base plus
+the channel offset, and the padding mask is per row. Channels are the inner loop, in BLOCK_K
+slices, contiguous in memory for channels_last activations. Grid: (M tiles, OC/groups tiles,
+groups); depthwise is groups = C with one channel per tap.
 
-Zero point and padding: the spec is sum_k w * (x - z_x) over the in-image taps only.
-  * z_x in int8 (the usual case): a padded tap is loaded as z_x itself, so every tap holds
-    (x - z_x) + z_x, and acc = dot(x_col, w) - z_x * sum_k w; padded taps cancel exactly.
-  * z_x outside int8 (legal in the spec): padded taps are loaded as 0 and a second int8 dot of
-    the 0/1 in-image mask with w gives sum over in-image taps of w per output position:
-    acc = dot(x_col, w) - z_x * dot(inside, w). Exact, at twice the MMA work.
-Everything after the dot is int64 and wrapped to int32 once, as in gemm.py.
+Weights are reordered on the host from OIHW to tap-major rows [OC, KH*KW*C/g] (OHWI), so each
+tap's slice is contiguous; packed int4 is repacked in that order with every tap padded to a
+whole number of bytes (an odd channel count gets a zero nibble), so a slice starts on a byte.
+The weights are small beside the activations; the reorder is one pass over them.
+
+Zero point and padding: the spec is sum_k w * (x - z_x) over the in-image taps only. Padded
+cells are loaded as 0 (a plain masked load, which the compiler can pipeline), so
+
+    acc = dot(x_col, w) - z_x * sum over the in-image taps t of tap_sum[oc, t],
+
+tap_sum[oc, t] = sum_ci w[oc, ci, t] coming from a row-sum pass over the weights
+(gemm.row_sums). The second term is a KH*KW-step outer-product sum in the epilogue; it is exact
+for any int32 z_x, in or outside the int8 range.
+Everything after the dot is int64 and wrapped to int32 once, and long reductions are cut into
+chunks that cannot overflow a saturating int32 MMA (LONG_K), as in gemm.py.
 """
 
 from __future__ import annotations
@@ -25,23 +34,48 @@ import triton
 import triton.language as tl
 
 from .configs import conv_configs
-from .fixedpoint import requantize, wrap_int32
-from .gemm import load_weight_tile_kn
+from .fixedpoint import MAX_EXACT_DOT_LENGTH, exact_dot_length, requantize, wrap_int32
+from .gemm import load_weight_tile_kn, row_sums
+
+
+@triton.jit
+def accumulate_tap_products(acc, x_rows, row_inside, w_ptr, offs_oc, tap_column, c_begin, c_end,
+                            GROUP_OC, stride_xc, stride_wo, n_bytes,
+                            PACKED: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + the products of one tap over input channels [c_begin, c_end). x_rows: the address
+    of channel 0 of the tap's input cell per output position; row_inside: that cell is in the
+    image (and the position exists). Padded cells read as 0."""
+    for c_start in range(c_begin, c_end, BLOCK_K):
+        offs_c = c_start + tl.arange(0, BLOCK_K)
+        x = tl.load(x_rows[:, None] + offs_c[None, :] * stride_xc,
+                    mask=row_inside[:, None] & (offs_c < c_end)[None, :], other=0)
+        w = load_weight_tile_kn(w_ptr, offs_oc, tap_column + c_start, GROUP_OC, tap_column + c_end,
+                                stride_wo, 1, n_bytes, PACKED, BLOCK_K)
+        acc = tl.dot(x, w, acc, out_dtype=tl.int32)
+    return acc
+
+
+@triton.jit
+def window_cell_inside(in_y0, in_x0, m_valid, H, W, ky, kx, dilation_h, dilation_w):
+    """Per output position: tap (ky, kx) of its window lies in the image."""
+    in_y = in_y0 + ky * dilation_h
+    in_x = in_x0 + kx * dilation_w
+    return m_valid & (in_y >= 0) & (in_y < H) & (in_x >= 0) & (in_x < W)
 
 
 @triton.autotune(configs=conv_configs(),
-                 key=["M", "GROUP_OC", "K", "KH", "KW", "PACKED", "PAD_WITH_ZERO_POINT"])
+                 key=["M", "GROUP_C", "GROUP_OC", "KH", "KW", "PACKED", "LONG_K"])
 @triton.jit
 def qconv2d_kernel(
-    x_ptr, w_ptr, bias_ptr, multiplier_ptr, shift_ptr, y_ptr,
-    M, H, W, OH, OW, GROUP_C, GROUP_OC, K, n_bytes,
-    stride_xn, stride_xc, stride_xh, stride_xw, stride_wo, stride_wk,
+    x_ptr, w_ptr, bias_ptr, multiplier_ptr, shift_ptr, tap_sum_ptr, y_ptr,
+    M, H, W, OH, OW, GROUP_C, GROUP_OC, tap_stride, n_bytes,
+    stride_xn, stride_xc, stride_xh, stride_xw, stride_wo,
     stride_yn, stride_yc, stride_yh, stride_yw, stride_requant,
     conv_stride_h, conv_stride_w, pad_top, pad_left, dilation_h, dilation_w,
     input_zero_point, output_zero_point, act_min, act_max,
     KH: tl.constexpr, KW: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PACKED: tl.constexpr, PAD_WITH_ZERO_POINT: tl.constexpr,
-    SINGLE_ROUNDING: tl.constexpr,
+    HAS_BIAS: tl.constexpr, PACKED: tl.constexpr, SINGLE_ROUNDING: tl.constexpr,
+    LONG_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -55,41 +89,45 @@ def qconv2d_kernel(
     spatial = offs_m % (OH * OW)
     in_y0 = (spatial // OW) * conv_stride_h - pad_top  # top-left tap of each window
     in_x0 = (spatial % OW) * conv_stride_w - pad_left
-    x_rows = x_ptr + batch * stride_xn + group * GROUP_C * stride_xc
+    x_images = x_ptr + batch * stride_xn + group * GROUP_C * stride_xc
 
     offs_oc = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # within the group
     out_channel = group * GROUP_OC + offs_oc
     oc_valid = offs_oc < GROUP_OC
     w_rows = tl.where(oc_valid, out_channel, 0)  # rows past the group are masked via GROUP_OC
+    w_group = w_ptr + group * GROUP_OC * stride_wo
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    correction = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)  # sum of w over in-image taps
-    w_sum = tl.zeros((BLOCK_N,), dtype=tl.int32)                # sum of w over all taps
-    for k_start in range(0, K, BLOCK_K):
-        # Taps of this slice: k -> (ci, ky, kx), the OIHW flattening of the weight row.
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        in_channel = offs_k // (KH * KW)
-        ky = (offs_k % (KH * KW)) // KW
-        kx = offs_k % KW
-        in_y = in_y0[:, None] + (ky * dilation_h)[None, :]
-        in_x = in_x0[:, None] + (kx * dilation_w)[None, :]
-        valid = m_valid[:, None] & (offs_k < K)[None, :]
-        inside = valid & (in_y >= 0) & (in_y < H) & (in_x >= 0) & (in_x < W)
-        x = tl.load(x_rows[:, None] + in_channel[None, :] * stride_xc + in_y * stride_xh
-                    + in_x * stride_xw, mask=inside, other=0)
-        w = load_weight_tile_kn(w_ptr + group * GROUP_OC * stride_wo, offs_oc, k_start,
-                                GROUP_OC, K, stride_wo, stride_wk, n_bytes, PACKED, BLOCK_K)
-        if PAD_WITH_ZERO_POINT:
-            x = tl.where(inside, x, input_zero_point).to(tl.int8)
-            w_sum += tl.sum(w.to(tl.int32), axis=0)
+    for tap in range(KH * KW):  # a loop, not unrolled: one tap's row addresses live at a time
+        ky = tap // KW
+        kx = tap % KW
+        row_inside = window_cell_inside(in_y0, in_x0, m_valid, H, W, ky, kx, dilation_h,
+                                        dilation_w)
+        x_rows = x_images + (in_y0 + ky * dilation_h) * stride_xh \
+            + (in_x0 + kx * dilation_w) * stride_xw
+        tap_column = tap * tap_stride
+        if LONG_K:  # chunks that cannot overflow, summed in wrapping int32
+            chunk = exact_dot_length(BLOCK_K)
+            for c_begin in range(0, GROUP_C, chunk):
+                acc += accumulate_tap_products(
+                    tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), x_rows, row_inside, w_group,
+                    offs_oc, tap_column, c_begin, tl.minimum(c_begin + chunk, GROUP_C),
+                    GROUP_OC, stride_xc, stride_wo, n_bytes, PACKED, BLOCK_K)
         else:
-            correction += tl.dot(inside.to(tl.int8), w, out_dtype=tl.int32)
-        acc += tl.dot(x, w, out_dtype=tl.int32)
+            acc = accumulate_tap_products(acc, x_rows, row_inside, w_group, offs_oc, tap_column,
+                                          0, GROUP_C, GROUP_OC, stride_xc, stride_wo, n_bytes,
+                                          PACKED, BLOCK_K)
 
-    if PAD_WITH_ZERO_POINT:
-        total = acc.to(tl.int64) - w_sum.to(tl.int64)[None, :] * input_zero_point
-    else:
-        total = acc.to(tl.int64) - correction.to(tl.int64) * input_zero_point
+    # z_x times the weights of the in-image taps: sum over taps of inside * tap_sum.
+    inside_weights = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+    for ky in tl.static_range(KH):
+        for kx in tl.static_range(KW):
+            row_inside = window_cell_inside(in_y0, in_x0, m_valid, H, W, ky, kx, dilation_h,
+                                            dilation_w)
+            tap_sum = tl.load(tap_sum_ptr + w_rows * (KH * KW) + (ky * KW + kx), mask=oc_valid,
+                              other=0)
+            inside_weights += tl.where(row_inside[:, None], tap_sum[None, :], 0)
+    total = acc.to(tl.int64) - inside_weights.to(tl.int64) * input_zero_point
     if HAS_BIAS:
         total += tl.load(bias_ptr + w_rows, mask=oc_valid, other=0).to(tl.int64)[None, :]
     total = wrap_int32(total)
@@ -108,6 +146,35 @@ def conv2d_output_size(size, kernel, stride, pad_before, pad_after, dilation):
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def unpack_int4_torch(packed: torch.Tensor, length: int) -> torch.Tensor:
+    """int8 [rows, length] from packed int4 bytes [rows, ceil(length/2)] (low nibble first)."""
+    as_bytes = packed.view(torch.uint8).to(torch.int16)
+    low = ((as_bytes & 15) ^ 8) - 8  # sign-extend a nibble: 8..15 -> -8..-1
+    high = ((as_bytes >> 4) ^ 8) - 8
+    return torch.stack((low, high), dim=-1).reshape(packed.shape[0], -1)[:, :length].to(torch.int8)
+
+
+def pack_int4_torch(values: torch.Tensor) -> torch.Tensor:
+    """Packed int4 bytes [rows, length/2] (uint8) from int8 [rows, length], length even."""
+    nibbles = (values.to(torch.int16) & 15).reshape(values.shape[0], -1, 2)
+    return (nibbles[..., 0] | (nibbles[..., 1] << 4)).to(torch.uint8)
+
+
+def taps_major_weight(weight: torch.Tensor, weight_shape, packed: bool):
+    """(weight rows [OC, KH*KW*tap_stride] in (ky, kx, ci) order, tap_stride): the int8 OIHW
+    weight, or the packed flattened-OIHW int4 weight, reordered for the tap loop. Packed taps
+    are padded to an even channel count (tap_stride) so each starts on a byte."""
+    out_channels, group_channels, kernel_h, kernel_w = weight_shape
+    K = group_channels * kernel_h * kernel_w
+    values = unpack_int4_torch(weight, K) if packed else weight.reshape(out_channels, K)
+    taps = values.reshape(out_channels, group_channels, kernel_h * kernel_w).transpose(1, 2)
+    if not packed:
+        return taps.contiguous().reshape(out_channels, -1), group_channels
+    tap_stride = group_channels + group_channels % 2
+    padded = torch.nn.functional.pad(taps, (0, tap_stride - group_channels))
+    return pack_int4_torch(padded.reshape(out_channels, -1)).view(torch.int8), tap_stride
+
+
 def qconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *, weight_shape,
             stride, padding, dilation, groups: int, input_zero_point: int, output_zero_point: int,
             multiplier: torch.Tensor, shift: torch.Tensor, act_min: int, act_max: int,
@@ -121,8 +188,6 @@ def qconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
     out_h = conv2d_output_size(height, kernel_h, stride[0], top, bottom, dilation[0])
     out_w = conv2d_output_size(width, kernel_w, stride[1], left, right, dilation[1])
     K = group_channels * kernel_h * kernel_w
-    packed = weight.dtype == torch.uint8
-    w = weight.view(torch.int8) if packed else weight.reshape(out_channels, K)
     channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
         and not x.is_contiguous()
     y = torch.empty((batch, out_channels, out_h, out_w), dtype=torch.int8, device=x.device,
@@ -130,23 +195,24 @@ def qconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
     M = batch * out_h * out_w
     if M == 0 or out_channels == 0:
         return y
+    packed = weight.dtype == torch.uint8
+    w, tap_stride = taps_major_weight(weight, weight_shape, packed)
     multiplier = multiplier.contiguous()
     shift = shift.contiguous()
     group_oc = out_channels // groups
-    any_padding = any(p > 0 for p in padding)
-    pad_with_zero_point = (-128 <= input_zero_point <= 127) or not any_padding
+    taps = kernel_h * kernel_w
+    tap_sums = row_sums(w.reshape(out_channels * taps, -1), tap_stride, packed=packed)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(group_oc, meta["BLOCK_N"]),  # noqa: E731
                          groups)
     qconv2d_kernel[grid](
-        x, w, bias if bias is not None else multiplier, multiplier, shift, y,
-        M, height, width, out_h, out_w, group_channels, group_oc, K, w.shape[1],
-        x.stride(0), x.stride(1), x.stride(2), x.stride(3), w.stride(0), w.stride(1),
+        x, w, bias if bias is not None else multiplier, multiplier, shift, tap_sums, y,
+        M, height, width, out_h, out_w, group_channels, group_oc, tap_stride, w.shape[1],
+        x.stride(0), x.stride(1), x.stride(2), x.stride(3), w.stride(0),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         0 if multiplier.numel() == 1 else 1,
         stride[0], stride[1], top, left, dilation[0], dilation[1],
         input_zero_point, output_zero_point, act_min, act_max,
         KH=kernel_h, KW=kernel_w,
-        HAS_BIAS=bias is not None, PACKED=packed, PAD_WITH_ZERO_POINT=pad_with_zero_point,
-        SINGLE_ROUNDING=rounding == "single",
+        HAS_BIAS=bias is not None, PACKED=packed, SINGLE_ROUNDING=rounding == "single", LONG_K=K > MAX_EXACT_DOT_LENGTH,
     )
     return y

@@ -90,6 +90,17 @@ def requantize(acc, multiplier, shift, output_zero_point, act_min, act_max,
     return tl.minimum(tl.maximum(shifted, act_min), act_max).to(tl.int8)
 
 
+# The longest sum of int8 x int8 products that can never leave int32: (2**31 - 1) // 128**2.
+MAX_EXACT_DOT_LENGTH = 131071
+
+
+@triton.jit
+def exact_dot_length(BLOCK_K: tl.constexpr):
+    """The longest multiple of BLOCK_K no longer than MAX_EXACT_DOT_LENGTH (131071, written out:
+    a kernel reads only constexpr globals), over which a saturating int32 MMA sums exactly."""
+    return (131071 // BLOCK_K) * BLOCK_K
+
+
 @triton.jit
 def sign_extend_int4(nibble):
     """A nibble 0..15 (int32) as the signed int4 value it encodes, -8..7."""
@@ -105,9 +116,9 @@ def unpack_int4_rows(ptr, rows, row_stride, byte_start, n_rows, n_bytes, length,
     offs_b = byte_start + tl.arange(0, BLOCK_K // 2)
     mask = (rows[:, None] < n_rows) & (offs_b[None, :] < n_bytes)
     packed = tl.load(ptr + rows[:, None] * row_stride + offs_b[None, :], mask=mask, other=0)
-    byte = packed.to(tl.int32) & 255  # 0..255: the nibble arithmetic below needs no sign rules
-    low = sign_extend_int4(byte & 15)
-    high = sign_extend_int4(byte >> 4)
+    # In int8: << 4 drops the high nibble, and >> (arithmetic on signed) sign-extends.
+    low = (packed << 4) >> 4
+    high = packed >> 4
     values = tl.interleave(low, high)  # [rows, BLOCK_K]: low0, high0, low1, high1, ...
     offs_k = 2 * byte_start + tl.arange(0, BLOCK_K)
     return tl.where(offs_k[None, :] < length, values, 0).to(tl.int8)

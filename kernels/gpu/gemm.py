@@ -12,8 +12,15 @@ wrapping int32 (all terms are reduced modulo 2**32, which commutes with + and *)
 
     acc = sum w*x - z_x * sum_k w[n, k] - z_w * sum_k x[m, k] + K * z_w * z_x + bias[n]
 
-sum_k w and sum_k x are accumulated in registers from the tiles already loaded for the dot.
-The constant K * z_w * z_x is folded into one wrapped int32 on the host.
+The row sums sum_k w and sum_k x come from a separate pass (row_sums_kernel): summed in the main
+loop they keep every tile in registers as well as in shared memory, and the compiled kernel
+spills (benchmarks/triton_compile_report.py). The constant K * z_w * z_x is folded into one
+wrapped int32 on the host.
+
+Overflow. The spec's int32 accumulator wraps; the MMA's need not (sm_80-style mma.sync is
+emitted with .satfinite and saturates). K is therefore walked in chunks short enough that their
+sum of products cannot overflow (fixedpoint.exact_dot_length), each added to the total in
+wrapping int32 (LONG_K); below K = 131072 no sum can overflow and the loop is the plain one.
 
 Packed int4 weights ([OUT, ceil(K/2)] bytes) are loaded as BLOCK_K/2 bytes per row and unpacked
 in registers (mask, sign-extend, interleave) to an int8 tile before tl.dot: Hopper has no int4
@@ -26,8 +33,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import gemm_configs
-from .fixedpoint import requantize, unpack_int4_rows, wrap_int32
+from .configs import gemm_configs, row_sum_blocks
+from .fixedpoint import (MAX_EXACT_DOT_LENGTH, exact_dot_length, requantize,
+                         unpack_int4_rows, wrap_int32)
 
 
 @triton.jit
@@ -45,15 +53,66 @@ def load_weight_tile_kn(w_ptr, offs_n, k_start, N, K, stride_wn, stride_wk, n_by
                        mask=mask, other=0)
 
 
-@triton.autotune(configs=gemm_configs(), key=["M", "N", "K", "PACKED", "HAS_WZP"])
+@triton.jit
+def accumulate_products(acc, x_ptr, w_ptr, offs_m, offs_n, k_begin, k_end, M, N, K, n_bytes,
+                        stride_xm, stride_xk, stride_wn, stride_wk,
+                        PACKED: tl.constexpr, BLOCK_K: tl.constexpr):
+    """acc + sum over k in [k_begin, k_end) of x[m, k] * w[n, k]: int8 MMAs into int32."""
+    for k_start in range(k_begin, k_end, BLOCK_K):
+        offs_k = k_start + tl.arange(0, BLOCK_K)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
+                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0)
+        w = load_weight_tile_kn(w_ptr, offs_n, k_start, N, K, stride_wn, stride_wk, n_bytes,
+                                PACKED, BLOCK_K)
+        acc = tl.dot(x, w, acc, out_dtype=tl.int32)
+    return acc
+
+
+@triton.jit
+def row_sums_kernel(ptr, sums_ptr, rows, length, n_bytes, row_stride,
+                    PACKED: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """sums[r] = sum_k v[r, k] over an int8 matrix or packed int4 rows, in int32 (exact for
+    length < 2**24)."""
+    offs_r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    total = tl.zeros((BLOCK_R,), dtype=tl.int32)
+    for k_start in range(0, length, BLOCK_K):
+        if PACKED:
+            tile = unpack_int4_rows(ptr, offs_r, row_stride, k_start // 2, rows, n_bytes, length,
+                                    BLOCK_K)
+        else:
+            offs_k = k_start + tl.arange(0, BLOCK_K)
+            tile = tl.load(ptr + offs_r[:, None] * row_stride + offs_k[None, :],
+                           mask=(offs_r[:, None] < rows) & (offs_k[None, :] < length), other=0)
+        total += tl.sum(tile.to(tl.int32), axis=1)
+    tl.store(sums_ptr + offs_r, total, mask=offs_r < rows)
+
+
+def row_sums(matrix: torch.Tensor, length: int, *, packed: bool) -> torch.Tensor:
+    """int32 [rows]: the sum of each row's `length` values; int8 [rows, length], or packed int4
+    bytes [rows, ceil(length/2)] (uint8 or viewed as int8) when `packed`."""
+    rows = matrix.shape[0]
+    sums = torch.empty((rows,), dtype=torch.int32, device=matrix.device)
+    if rows == 0:
+        return sums
+    values = matrix.view(torch.int8) if matrix.dtype == torch.uint8 else matrix
+    if values.stride(1) != 1:
+        values = values.contiguous()
+    block_r, block_k = row_sum_blocks()
+    row_sums_kernel[(triton.cdiv(rows, block_r),)](
+        values, sums, rows, length, values.shape[1], values.stride(0),
+        PACKED=packed, BLOCK_R=block_r, BLOCK_K=block_k)
+    return sums
+
+
+@triton.autotune(configs=gemm_configs(), key=["M", "N", "K", "PACKED", "HAS_WZP", "LONG_K"])
 @triton.jit
 def qlinear_kernel(
-    x_ptr, w_ptr, bias_ptr, multiplier_ptr, shift_ptr, y_ptr,
+    x_ptr, w_ptr, bias_ptr, multiplier_ptr, shift_ptr, w_sum_ptr, x_sum_ptr, y_ptr,
     M, N, K, n_bytes,
     stride_xm, stride_xk, stride_wn, stride_wk, stride_ym, stride_yn, stride_requant,
     input_zero_point, weight_zero_point, zero_point_product, output_zero_point, act_min, act_max,
     HAS_BIAS: tl.constexpr, PACKED: tl.constexpr, HAS_WZP: tl.constexpr,
-    SINGLE_ROUNDING: tl.constexpr,
+    SINGLE_ROUNDING: tl.constexpr, LONG_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
     # Grouped program order: GROUP_M row-tiles share each column-tile for L2 reuse.
@@ -69,24 +128,24 @@ def qlinear_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    w_sum = tl.zeros((BLOCK_N,), dtype=tl.int32)  # sum_k w[n, k], for the z_x correction
-    x_sum = tl.zeros((BLOCK_M,), dtype=tl.int32)  # sum_k x[m, k], for the z_w correction
-    for k_start in range(0, K, BLOCK_K):
-        offs_k = k_start + tl.arange(0, BLOCK_K)
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :] * stride_xk,
-                    mask=(offs_m[:, None] < M) & (offs_k[None, :] < K), other=0)
-        w = load_weight_tile_kn(w_ptr, offs_n, k_start, N, K, stride_wn, stride_wk, n_bytes,
-                                PACKED, BLOCK_K)
-        acc += tl.dot(x, w, out_dtype=tl.int32)  # exact int32 MMA, wraps like the spec
-        w_sum += tl.sum(w.to(tl.int32), axis=0)
-        if HAS_WZP:
-            x_sum += tl.sum(x.to(tl.int32), axis=1)
+    if LONG_K:  # chunks that cannot overflow, summed in wrapping int32
+        chunk_k = exact_dot_length(BLOCK_K)
+        for chunk_start in range(0, K, chunk_k):
+            acc += accumulate_products(
+                tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), x_ptr, w_ptr, offs_m, offs_n,
+                chunk_start, tl.minimum(chunk_start + chunk_k, K), M, N, K, n_bytes,
+                stride_xm, stride_xk, stride_wn, stride_wk, PACKED, BLOCK_K)
+    else:
+        acc = accumulate_products(acc, x_ptr, w_ptr, offs_m, offs_n, 0, K, M, N, K, n_bytes,
+                                  stride_xm, stride_xk, stride_wn, stride_wk, PACKED, BLOCK_K)
 
     # Epilogue in int64 (exact), wrapped once to int32: zero-point corrections, bias, requantize.
+    n_mask = offs_n < N
+    w_sum = tl.load(w_sum_ptr + offs_n, mask=n_mask, other=0)
     total = acc.to(tl.int64) - w_sum.to(tl.int64)[None, :] * input_zero_point
     if HAS_WZP:
+        x_sum = tl.load(x_sum_ptr + offs_m, mask=offs_m < M, other=0)
         total = total - x_sum.to(tl.int64)[:, None] * weight_zero_point + zero_point_product
-    n_mask = offs_n < N
     if HAS_BIAS:
         total += tl.load(bias_ptr + offs_n, mask=n_mask, other=0).to(tl.int64)[None, :]
     total = wrap_int32(total)
@@ -117,9 +176,11 @@ def qlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
         return y
     multiplier = multiplier.contiguous()
     shift = shift.contiguous()
+    w_sums = row_sums(w, K, packed=packed)
+    x_sums = row_sums(x, K, packed=False) if weight_zero_point != 0 else w_sums  # unused when z_w == 0
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     qlinear_kernel[grid](
-        x, w, bias if bias is not None else multiplier, multiplier, shift, y,
+        x, w, bias if bias is not None else multiplier, multiplier, shift, w_sums, x_sums, y,
         M, N, K, w.shape[1],
         x.stride(0), x.stride(1), w.stride(0), w.stride(1), y.stride(0), y.stride(1),
         0 if multiplier.numel() == 1 else 1,
@@ -127,6 +188,6 @@ def qlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
         wrap_int32_host(K * weight_zero_point * input_zero_point), output_zero_point,
         act_min, act_max,
         HAS_BIAS=bias is not None, PACKED=packed, HAS_WZP=weight_zero_point != 0,
-        SINGLE_ROUNDING=rounding == "single",
+        SINGLE_ROUNDING=rounding == "single", LONG_K=K > MAX_EXACT_DOT_LENGTH,
     )
     return y

@@ -140,7 +140,7 @@ class KernelCase:
                                num_warps=config.num_warps, num_stages=config.num_stages, arch=arch)
 
 
-def channels_last_strides(batch, channels, height, width):
+def channels_last_strides(channels, height, width):
     """(n, c, h, w) element strides of a channels_last NCHW tensor."""
     return height * width * channels, 1, width * channels, channels
 
@@ -168,8 +168,8 @@ def qconv2d_case(batch, channels, size, out_channels, *, int4: bool) -> KernelCa
 
     tap_stride = channels + channels % 2 if int4 else channels  # see conv.taps_major_weight
     row_bytes = 9 * tap_stride // 2 if int4 else 9 * tap_stride
-    x_strides = channels_last_strides(batch, channels, size, size)
-    y_strides = channels_last_strides(batch, out_channels, size, size)
+    x_strides = channels_last_strides(channels, size, size)
+    y_strides = channels_last_strides(out_channels, size, size)
     args = dict(x_ptr="*i8", w_ptr="*i8", bias_ptr="*i32", multiplier_ptr="*i32",
                 shift_ptr="*i32", tap_sum_ptr="*i32", y_ptr="*i8", M=batch * size * size, H=size, W=size, OH=size,
                 OW=size, GROUP_C=channels, GROUP_OC=out_channels, tap_stride=tap_stride,
@@ -211,8 +211,8 @@ def conv_backward_cases(batch, channels, size, out_channels) -> list[KernelCase]
     from .configs import backward_configs
 
     K = channels * 9
-    x_strides = channels_last_strides(batch, channels, size, size)
-    g_strides = channels_last_strides(batch, out_channels, size, size)
+    x_strides = channels_last_strides(channels, size, size)
+    g_strides = channels_last_strides(out_channels, size, size)
     geometry = dict(H=size, W=size, OH=size, OW=size, GROUP_C=channels, GROUP_OC=out_channels,
                     K=K, conv_stride_h=1, conv_stride_w=1, pad_top=1, pad_left=1, dilation_h=1,
                     dilation_w=1, act_min=-128, act_max=127,

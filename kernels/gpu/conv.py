@@ -4,8 +4,8 @@ The convolution of one group is a GEMM  y[m, oc] = sum_k x_col[m, k] * w[oc, k] 
     m = (n, oh, ow)          over N*OH*OW output positions,
     k = (ky, kx, ci)         over the KH*KW taps, and within a tap the C/groups input channels,
     x_col[m, k] = x[n, g*C/groups + ci, oh*sh - top + ky*dh, ow*sw - left + kx*dw].
-No im2col tensor exists. Taps are the outer loop (unrolled, KH and KW are constexpr): for one
-tap every output position reads one input cell, so the address of a tile is a per-row base plus
+No im2col tensor exists. Taps are the outer loop (a loop, not unrolled, so one tap's row
+addresses are live at a time): for one tap every output position reads one input cell, so the address of a tile is a per-row base plus
 the channel offset, and the padding mask is per row. Channels are the inner loop, in BLOCK_K
 slices, contiguous in memory for channels_last activations. Grid: (M tiles, OC/groups tiles,
 groups); depthwise is groups = C with one channel per tap.
@@ -201,7 +201,9 @@ def qconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
     shift = shift.contiguous()
     group_oc = out_channels // groups
     taps = kernel_h * kernel_w
-    tap_sums = row_sums(w.reshape(out_channels * taps, -1), tap_stride, packed=packed)
+    tap_sums = row_sums(w.reshape(out_channels * taps, -1), tap_stride, packed=packed) \
+        if input_zero_point else torch.zeros(out_channels * taps, dtype=torch.int32,
+                                             device=x.device)  # z_x = 0: no correction
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(group_oc, meta["BLOCK_N"]),  # noqa: E731
                          groups)
     qconv2d_kernel[grid](

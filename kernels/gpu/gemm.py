@@ -176,7 +176,8 @@ def qlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
         return y
     multiplier = multiplier.contiguous()
     shift = shift.contiguous()
-    w_sums = row_sums(w, K, packed=packed)
+    w_sums = row_sums(w, K, packed=packed) if input_zero_point else \
+        torch.zeros(N, dtype=torch.int32, device=x.device)  # z_x = 0: no correction
     x_sums = row_sums(x, K, packed=False) if weight_zero_point != 0 else w_sums  # unused when z_w == 0
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
     qlinear_kernel[grid](

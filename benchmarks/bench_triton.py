@@ -1,34 +1,98 @@
-"""GPU benchmark of the Triton kernels (backend="triton"). Needs a CUDA GPU; one command:
+"""GPU benchmark of the Triton kernels (backend="triton"). One command on a CUDA machine:
 
     python benchmarks/bench_triton.py            # writes benchmarks/results/triton-<device>-<date>.json
 
   * int8 GEMM (qlinear, fused requantization) at 4096^3 and 8192^3 vs torch._int_mm (cuBLASLt,
-    int32 output, no epilogue), in TOPS and % of the H100/H200 SXM dense int8 peak (1979 TOPS);
+    int32 output, no epilogue), in TOPS and % of the device's dense int8 peak (1979 TOPS on
+    H100/H200 SXM);
   * packed-int4-weight GEMM at M <= 16 vs the int8 kernel at the same shape (weight-bandwidth bound);
   * int8 implicit-GEMM conv on ResNet-18 CIFAR layer shapes (batch 256, channels_last) vs cuDNN
     fp16 conv (torch.nn.functional.conv2d, channels_last).
-Times are medians of triton.testing.do_bench (warm-up and autotuning excluded).
+
+Before timing anything it checks that the Triton kernels are bit-exact with the reference oracle
+on a few moderate shapes (int8 and int4, linear and conv) and stops if they are not: a fast wrong
+kernel is not a result. GPU times are medians of triton.testing.do_bench (warm-up and autotuning
+excluded).
+
+`--smoke` runs the same code on tiny shapes, on the CPU through Triton's interpreter when there
+is no GPU (TRITON_INTERPRET=1 must be set before Python starts), with wall-clock medians: it
+proves the script works end to end, its times mean nothing. CI runs it (tests/test_benchmarks.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import os
 import pathlib
 import platform
+import statistics
 import sys
+import time
 
 import torch
 
 from intunlearn.io import write_json_atomic
 
-PEAK_INT8_TOPS = 1979.0  # H100/H200 SXM dense int8 tensor-core peak
+# Dense int8 tensor-core peaks (TOPS, without sparsity) from NVIDIA's data sheets; the first
+# name that occurs in torch.cuda.get_device_name() wins.
+PEAK_INT8_TOPS = (("H100 PCIe", 1513.0), ("H100 NVL", 1671.0), ("H100", 1979.0), ("H200", 1979.0))
+
+# ResNet-18 for CIFAR (32x32 input, 3x3 stem): (name, C, OC, H, stride) of its distinct convs.
+RESNET18_CIFAR = (
+    ("conv1", 3, 64, 32, 1), ("layer1", 64, 64, 32, 1), ("layer2.0", 64, 128, 32, 2),
+    ("layer2", 128, 128, 16, 1), ("layer3.0", 128, 256, 16, 2), ("layer3", 256, 256, 8, 1),
+    ("layer4.0", 256, 512, 8, 2), ("layer4", 512, 512, 4, 1),
+)
 
 
-def _require_cuda():
-    if not torch.cuda.is_available():
-        sys.exit("bench_triton.py needs a CUDA GPU (torch.cuda.is_available() is False); "
-                 "the Triton kernels are only tested on CPU, through the interpreter.")
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The problem sizes of one run."""
+    gemm_sizes: tuple[int, ...]
+    int4_rows: tuple[int, ...]
+    int4_features: int             # N = K of the small-M int4-vs-int8 comparison
+    conv_batch: int
+    conv_layers: tuple[tuple, ...]
+    check_linear: tuple[int, int, int]      # (M, N, K) of the exactness check
+    check_conv: tuple[int, int, int, int]   # (batch, C, OC, H) of the exactness check
+
+
+def _scaled_layers(divisor: int, spatial_divisor: int) -> tuple[tuple, ...]:
+    return tuple((name, max(3, c // divisor), max(4, oc // divisor), h // spatial_divisor, stride)
+                 for name, c, oc, h, stride in RESNET18_CIFAR)
+
+
+PLANS = {
+    "full": Plan((4096, 8192), (1, 4, 16), 8192, 256, RESNET18_CIFAR, (192, 320, 520), (8, 40, 72, 12)),
+    "quick": Plan((4096,), (1, 16), 8192, 256, RESNET18_CIFAR[1::2], (192, 320, 520), (8, 40, 72, 12)),
+    "smoke": Plan((40,), (1, 4), 72, 2, _scaled_layers(16, 4), (5, 24, 37), (2, 5, 8, 6)),
+}
+
+
+def peak_int8_tops(device_name: str) -> float | None:
+    for name, tops in PEAK_INT8_TOPS:
+        if name in device_name:
+            return tops
+    return None
+
+
+def cuda_timer(fn) -> float:
+    """Median milliseconds of fn on the GPU (triton.testing.do_bench)."""
+    from triton.testing import do_bench
+    return do_bench(fn, return_mode="median")
+
+
+def wall_timer(fn, repeats: int = 3) -> float:
+    """Median wall-clock milliseconds of fn after one warm-up call (the interpreter smoke run)."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
 
 
 def _requant(out_channels, device):
@@ -37,107 +101,168 @@ def _requant(out_channels, device):
     return multiplier, shift
 
 
-def bench_gemm(do_bench, ops, sizes):
+def _int8(shape, device, low=-128, high=128, generator=None):
+    return torch.randint(low, high, shape, dtype=torch.int8, generator=generator).to(device)
+
+
+def check_exact(ops, plan: Plan, device) -> list[str]:
+    """Triton vs the reference oracle on the plan's check shapes (zero points, bias, int8 and
+    int4 weights, a strided padded conv). Raises SystemExit naming the first mismatch."""
+    generator = torch.Generator().manual_seed(0)
+    m, n, k = plan.check_linear
+    batch, c, oc, h = plan.check_conv
+    x = _int8((m, k), "cpu", generator=generator)
+    image = _int8((batch, c, h, h), "cpu", generator=generator)
+    bias = torch.randint(-5000, 5000, (max(n, oc),), dtype=torch.int32, generator=generator)
+    checked = []
+    for bits in (8, 4):
+        low, high = (-128, 128) if bits == 8 else (-8, 8)
+        w = _int8((n, k), "cpu", low, high, generator)
+        w_conv = _int8((oc, c, 3, 3), "cpu", low, high, generator)
+        if bits == 4:
+            w, w_conv = ops.pack_int4(w), ops.pack_int4(w_conv.reshape(oc, -1))
+
+        def linear(backend, dev):
+            multiplier, shift = _requant(n, dev)
+            return ops.qlinear(x.to(dev), w.to(dev), bias[:n].to(dev), input_zero_point=-3,
+                               output_zero_point=5, multiplier=multiplier, shift=shift,
+                               weight_bits=bits, backend=backend)
+
+        def conv(backend, dev):
+            multiplier, shift = _requant(oc, dev)
+            return ops.qconv2d(image.to(dev).contiguous(memory_format=torch.channels_last),
+                               w_conv.to(dev), bias[:oc].to(dev), stride=2, padding=1,
+                               input_zero_point=-2, output_zero_point=1, multiplier=multiplier,
+                               shift=shift, weight_bits=bits, kernel_size=(3, 3), backend=backend)
+
+        for name, run in ((f"qlinear int{bits} {m}x{n}x{k}", linear),
+                          (f"qconv2d int{bits} {batch}x{c}x{h}x{h} -> {oc}, 3x3 stride 2 pad 1", conv)):
+            got, expected = run("triton", device).cpu(), run("reference", "cpu")
+            if not torch.equal(got, expected):
+                mismatches = int((got != expected).sum())
+                sys.exit(f"bench_triton.py: {name}: the Triton kernel differs from the reference "
+                         f"in {mismatches} of {expected.numel()} outputs; not timing a wrong kernel")
+            checked.append(name)
+            print(f"exact: {name}")
+    return checked
+
+
+def bench_gemm(ops, plan: Plan, device, timer, peak):
     rows = []
-    for size in sizes:
+    for size in plan.gemm_sizes:
         m = n = k = size
-        x = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda")
-        w = torch.randint(-127, 128, (n, k), dtype=torch.int8, device="cuda")
-        bias = torch.randint(-1000, 1000, (n,), dtype=torch.int32, device="cuda")
-        multiplier, shift = _requant(n, "cuda")
-        run = lambda: ops.qlinear(x, w, bias, input_zero_point=-3, output_zero_point=5,  # noqa: E731
-                                  multiplier=multiplier, shift=shift, backend="triton")
-        ms = do_bench(run)
-        ms_cublas = do_bench(lambda: torch._int_mm(x, w.t()))
-        tops = 2 * m * n * k / ms / 1e9
-        tops_cublas = 2 * m * n * k / ms_cublas / 1e9
-        rows.append({"shape": [m, n, k], "triton_ms": ms, "triton_tops": tops,
-                     "triton_pct_peak": 100 * tops / PEAK_INT8_TOPS, "cublaslt_int_mm_ms": ms_cublas,
-                     "cublaslt_tops": tops_cublas, "cublaslt_pct_peak": 100 * tops_cublas / PEAK_INT8_TOPS,
-                     "speedup_vs_cublaslt": ms_cublas / ms})
-        print(f"int8 GEMM {m}x{n}x{k}: triton {tops:.0f} TOPS ({100 * tops / PEAK_INT8_TOPS:.1f}% peak), "
-              f"torch._int_mm {tops_cublas:.0f} TOPS")
+        x, w = _int8((m, k), device), _int8((n, k), device, -127)
+        bias = torch.randint(-1000, 1000, (n,), dtype=torch.int32, device=device)
+        multiplier, shift = _requant(n, device)
+        ms = timer(lambda: ops.qlinear(x, w, bias, input_zero_point=-3, output_zero_point=5,
+                                       multiplier=multiplier, shift=shift, backend="triton"))
+        ms_cublas = timer(lambda: torch._int_mm(x, w.t()))
+        tops, tops_cublas = 2 * m * n * k / ms / 1e9, 2 * m * n * k / ms_cublas / 1e9
+        row = {"shape": [m, n, k], "triton_ms": ms, "triton_tops": tops,
+               "int_mm_ms": ms_cublas, "int_mm_tops": tops_cublas,
+               "speedup_vs_int_mm": ms_cublas / ms}
+        if peak:
+            row["triton_pct_peak"] = 100 * tops / peak
+            row["int_mm_pct_peak"] = 100 * tops_cublas / peak
+        rows.append(row)
+        print(f"int8 GEMM {m}x{n}x{k}: triton {ms:.3f} ms {tops:.1f} TOPS"
+              + (f" ({100 * tops / peak:.1f}% of peak)" if peak else "")
+              + f", torch._int_mm {ms_cublas:.3f} ms ({ms_cublas / ms:.2f}x)")
     return rows
 
 
-def bench_int4(do_bench, ops, ms_list=(1, 4, 16), n=8192, k=8192):
+def bench_int4(ops, plan: Plan, device, timer):
+    """Packed int4 vs int8 weights at small M, with z_x = 0 and with z_x = -128 (activations
+    after a ReLU), where the weight sums of the zero-point correction are needed too."""
     rows = []
-    w8 = torch.randint(-8, 8, (n, k), dtype=torch.int8, device="cuda")
+    n = k = plan.int4_features
+    w8 = _int8((n, k), device, -8, 8)
     w4 = ops.pack_int4(w8)
-    multiplier, shift = _requant(n, "cuda")
-    for m in ms_list:
-        x = torch.randint(-128, 128, (m, k), dtype=torch.int8, device="cuda")
-        common = dict(input_zero_point=0, output_zero_point=0, multiplier=multiplier, shift=shift,
-                      backend="triton")
-        ms8 = do_bench(lambda: ops.qlinear(x, w8, None, **common))
-        ms4 = do_bench(lambda: ops.qlinear(x, w4, None, weight_bits=4, **common))
-        rows.append({"shape": [m, n, k], "int8_weight_ms": ms8, "int4_packed_weight_ms": ms4,
-                     "int4_speedup": ms8 / ms4,
-                     "int4_weight_gbps": n * k / 2 / ms4 / 1e6})
-        print(f"M={m:2d} {n}x{k}: int8 weights {ms8 * 1e3:.1f} us, packed int4 {ms4 * 1e3:.1f} us "
-              f"({ms8 / ms4:.2f}x)")
+    multiplier, shift = _requant(n, device)
+    for input_zero_point in (0, -128):
+        common = dict(input_zero_point=input_zero_point, output_zero_point=0,
+                      multiplier=multiplier, shift=shift, backend="triton")
+        for m in plan.int4_rows:
+            x = _int8((m, k), device)
+            ms8 = timer(lambda: ops.qlinear(x, w8, None, **common))
+            ms4 = timer(lambda: ops.qlinear(x, w4, None, weight_bits=4, **common))
+            rows.append({"shape": [m, n, k], "input_zero_point": input_zero_point,
+                         "int8_weight_ms": ms8, "int4_packed_weight_ms": ms4,
+                         "int4_speedup": ms8 / ms4, "int4_weight_gbps": n * k / 2 / ms4 / 1e6})
+            print(f"M={m:2d} {n}x{k} z_x={input_zero_point}: int8 weights {ms8 * 1e3:.1f} us, "
+                  f"packed int4 {ms4 * 1e3:.1f} us ({ms8 / ms4:.2f}x)")
     return rows
 
 
-# ResNet-18 for CIFAR (32x32 input, 3x3 stem): (C, OC, H, stride) of its distinct conv layers.
-RESNET18_CIFAR = [
-    ("conv1", 3, 64, 32, 1), ("layer1", 64, 64, 32, 1), ("layer2.0", 64, 128, 32, 2),
-    ("layer2", 128, 128, 16, 1), ("layer3.0", 128, 256, 16, 2), ("layer3", 256, 256, 8, 1),
-    ("layer4.0", 256, 512, 8, 2), ("layer4", 512, 512, 4, 1),
-]
-
-
-def bench_conv(do_bench, ops, batch=256):
+def bench_conv(ops, plan: Plan, device, timer):
     rows = []
-    for name, c, oc, h, stride in RESNET18_CIFAR:
-        x = torch.randint(-128, 128, (batch, c, h, h), dtype=torch.int8, device="cuda")
-        x = x.contiguous(memory_format=torch.channels_last)
-        w = torch.randint(-127, 128, (oc, c, 3, 3), dtype=torch.int8, device="cuda")
-        multiplier, shift = _requant(oc, "cuda")
-        run = lambda: ops.qconv2d(x, w, None, stride=stride, padding=1, input_zero_point=-2,  # noqa: E731
-                                  output_zero_point=0, multiplier=multiplier, shift=shift,
-                                  backend="triton")
-        ms = do_bench(run)
-        xh = x.half().contiguous(memory_format=torch.channels_last)
-        wh = w.half().contiguous(memory_format=torch.channels_last)
-        ms_cudnn = do_bench(lambda: torch.nn.functional.conv2d(xh, wh, stride=stride, padding=1))
+    batch = plan.conv_batch
+    for name, c, oc, h, stride in plan.conv_layers:
+        x = _int8((batch, c, h, h), device).contiguous(memory_format=torch.channels_last)
+        w = _int8((oc, c, 3, 3), device, -127)
+        multiplier, shift = _requant(oc, device)
+        ms = timer(lambda: ops.qconv2d(x, w, None, stride=stride, padding=1, input_zero_point=-2,
+                                       output_zero_point=0, multiplier=multiplier, shift=shift,
+                                       backend="triton"))
+        x_half = x.half().contiguous(memory_format=torch.channels_last)
+        w_half = w.half().contiguous(memory_format=torch.channels_last)
+        ms_fp16 = timer(lambda: torch.nn.functional.conv2d(x_half, w_half, stride=stride, padding=1))
         out = (h + 2 - 3) // stride + 1
         ops_count = 2 * batch * out * out * oc * c * 9
         rows.append({"layer": name, "shape": {"batch": batch, "C": c, "OC": oc, "H": h, "stride": stride},
                      "triton_int8_ms": ms, "triton_tops": ops_count / ms / 1e9,
-                     "cudnn_fp16_ms": ms_cudnn, "cudnn_tflops": ops_count / ms_cudnn / 1e9,
-                     "speedup_vs_cudnn_fp16": ms_cudnn / ms})
+                     "fp16_conv_ms": ms_fp16, "fp16_conv_tflops": ops_count / ms_fp16 / 1e9,
+                     "speedup_vs_fp16_conv": ms_fp16 / ms})
         print(f"{name:9s} C={c:3d} OC={oc:3d} {h}x{h} s{stride}: triton int8 {ms:.3f} ms, "
-              f"cuDNN fp16 {ms_cudnn:.3f} ms ({ms_cudnn / ms:.2f}x)")
+              f"fp16 conv {ms_fp16:.3f} ms ({ms_fp16 / ms:.2f}x)")
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4096^3 GEMM only, fewer conv layers")
-    parser.add_argument("--out", type=pathlib.Path, default=None, help="JSON path")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="4096^3 GEMM only, half the conv layers")
+    mode.add_argument("--smoke", action="store_true",
+                      help="tiny shapes; on the CPU through the interpreter when there is no GPU")
+    parser.add_argument("--out", type=pathlib.Path, default=None,
+                        help="JSON path (default: results/triton-<device>-<date>.json; "
+                             "a smoke run writes only where --out says)")
     args = parser.parse_args(argv)
-    _require_cuda()
+    plan_name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    if torch.cuda.is_available():
+        device, timer = "cuda", cuda_timer
+        device_name = torch.cuda.get_device_name()
+    elif args.smoke and os.environ.get("TRITON_INTERPRET") == "1":
+        device, timer, device_name = "cpu", wall_timer, f"cpu (Triton interpreter), {platform.processor() or platform.machine()}"
+    else:
+        sys.exit("bench_triton.py needs a CUDA GPU (torch.cuda.is_available() is False); without one "
+                 "only `TRITON_INTERPRET=1 python benchmarks/bench_triton.py --smoke` runs, and its "
+                 "times mean nothing")
     import triton
-    from triton.testing import do_bench
 
     from intunlearn import ops
 
-    device_name = torch.cuda.get_device_name()
+    plan = PLANS[plan_name]
+    peak = peak_int8_tops(device_name) if device == "cuda" else None
     results = {
-        "device": device_name,
+        "mode": plan_name, "device": device_name,
         "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
         "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "peak_int8_tops": PEAK_INT8_TOPS,
-        "int8_gemm": bench_gemm(do_bench, ops, [4096] if args.quick else [4096, 8192]),
-        "int4_weight_gemm_small_m": bench_int4(do_bench, ops),
-        "conv_resnet18_cifar": bench_conv(do_bench, ops),
+        "peak_int8_tops": peak,
+        "bit_exact_with_reference": check_exact(ops, plan, device),
+        "int8_gemm": bench_gemm(ops, plan, device, timer, peak),
+        "int4_weight_gemm_small_m": bench_int4(ops, plan, device, timer),
+        "conv_resnet18_cifar": bench_conv(ops, plan, device, timer),
     }
-    slug = "".join(ch if ch.isalnum() else "-" for ch in device_name.lower()).strip("-")
-    out = args.out or (pathlib.Path(__file__).parent / "results"
-                       / f"triton-{slug}-{datetime.date.today().isoformat()}.json")
-    write_json_atomic(out, results)
-    print(f"wrote {out}")
+    out = args.out
+    if out is None and plan_name != "smoke":
+        slug = "".join(ch if ch.isalnum() else "-" for ch in device_name.lower()).strip("-")
+        out = (pathlib.Path(__file__).parent / "results"
+               / f"triton-{slug}-{plan_name}-{datetime.date.today().isoformat()}.json")
+    if out is not None:
+        write_json_atomic(out, results)
+        print(f"wrote {out}")
+    return results
 
 
 if __name__ == "__main__":

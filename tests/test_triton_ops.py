@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from intunlearn import ops
 from intunlearn import reference as spec
+from intunlearn.reference import fixedpoint as fp
 from intunlearn.backends import BACKENDS
 
 from strategies import conv_cases, int_array, linear_cases
@@ -75,9 +76,9 @@ def _multiply_kernel(x_ptr, multiplier_ptr, shift_ptr, out_ptr, n, SINGLE_ROUNDI
                      BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask, other=0).to(tl.int64)
-    multiplier = tl.load(multiplier_ptr + offs, mask=mask, other=0).to(tl.int64)
-    shift = tl.load(shift_ptr + offs, mask=mask, other=0).to(tl.int64)
+    x = tl.load(x_ptr + offs, mask=mask, other=0)
+    multiplier = tl.load(multiplier_ptr + offs, mask=mask, other=0)
+    shift = tl.load(shift_ptr + offs, mask=mask, other=0)
     result = fixedpoint.multiply_by_quantized_multiplier(x, multiplier, shift, SINGLE_ROUNDING)
     tl.store(out_ptr + offs, result, mask=mask)
 
@@ -103,6 +104,43 @@ def test_triton_multiply_by_quantized_multiplier_matches_reference(rounding):
     np.testing.assert_array_equal(out.cpu().numpy(), expected)
 
 
+@triton.jit
+def _high_mul_and_divide_kernel(a_ptr, b_ptr, exponent_ptr, high_ptr, divided_ptr, n,
+                                BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    a = tl.load(a_ptr + offs, mask=mask, other=0)
+    b = tl.load(b_ptr + offs, mask=mask, other=0)
+    exponent = tl.load(exponent_ptr + offs, mask=mask, other=0)
+    tl.store(high_ptr + offs, fixedpoint.saturating_rounding_doubling_high_mul(a, b), mask=mask)
+    tl.store(divided_ptr + offs, fixedpoint.rounding_divide_by_pot(a, exponent), mask=mask)
+
+
+def test_triton_high_mul_and_divide_by_pot_match_reference():
+    """The int32 primitives on the whole int32 range: signed multipliers, INT32_MIN * INT32_MIN
+    (the one saturating product), exact ties of a*b / 2**31 and of a / 2**exponent."""
+    rng = np.random.default_rng(1)
+    n = 4096
+    a = rng.integers(-2**31, 2**31, n)
+    b = rng.integers(-2**31, 2**31, n)
+    exponent = rng.integers(0, 32, n)
+    edges = np.array([-2**31, -2**31 + 1, -1, 0, 1, 2**30, 2**31 - 1])
+    a[:49], b[:49] = np.repeat(edges, 7), np.tile(edges, 7)
+    a[49:300] = rng.integers(-7, 8, 251) * 2**28 + rng.choice([0, 1, -1], 251)  # a*b/2**31 on
+    b[49:300] = rng.choice([2, -2, 4, -4, 2**29, -2**29], 251)  # or next to halves
+    a[300:400] = rng.integers(-64, 65, 100) * 2**5 + 2**4  # x / 2**5: exact halves
+    exponent[300:400] = 5
+    assert a.min() >= -2**31 and a.max() < 2**31  # the cases themselves are int32
+    as_int32 = lambda v: torch.from_numpy(v.astype(np.int32)).to(DEVICE)  # noqa: E731
+    high = torch.empty(n, dtype=torch.int32, device=DEVICE)
+    divided = torch.empty(n, dtype=torch.int32, device=DEVICE)
+    _high_mul_and_divide_kernel[(triton.cdiv(n, 1024),)](as_int32(a), as_int32(b),
+                                                         as_int32(exponent), high, divided, n,
+                                                         BLOCK=1024)
+    np.testing.assert_array_equal(high.cpu().numpy(), fp.saturating_rounding_doubling_high_mul(a, b))
+    np.testing.assert_array_equal(divided.cpu().numpy(), fp.rounding_divide_by_pot(a, exponent))
+
+
 # ---------------------------------------------------------------------------------------------
 # qlinear
 # ---------------------------------------------------------------------------------------------
@@ -121,6 +159,36 @@ def test_triton_qlinear_zero_point_outside_int8(case, input_zero_point):
     x, weight, bias, params = _linear_args(case)
     params["input_zero_point"] = input_zero_point
     _assert_same(ops.qlinear, x, weight, bias, **params)
+
+
+@pytest.mark.parametrize("weight_bits", [8, 4])
+@pytest.mark.parametrize("below", [1, 0])
+def test_triton_qlinear_weight_sums_from_the_spare_row(weight_bits, below):
+    """Batches smaller than every tile sum the weights in the MMA's spare row (ONES_ROW); one
+    row more takes the separate row-sum pass. Both exact, extreme zero points and weights."""
+    from intunlearn.kernels.gpu.gemm import SMALLEST_BLOCK_M
+
+    rng = np.random.default_rng(weight_bits + below)
+    rows, in_features, out_features = SMALLEST_BLOCK_M - below, 67, 45
+    low, high = (-128, 128) if weight_bits == 8 else (-8, 8)
+    weight = rng.integers(low, high, (out_features, in_features))
+    weight[0] = low  # the most negative row sum
+    x = torch.from_numpy(rng.integers(-128, 128, (rows, in_features)).astype(np.int8))
+    packed = ops.pack_int4(torch.from_numpy(weight.astype(np.int8))) if weight_bits == 4 else \
+        torch.from_numpy(weight.astype(np.int8))
+    for input_zero_point in (-2**31, -128, 2**31 - 1):
+        # The bias cancels the zero-point term (mod 2**32), so the output is sum w*x scaled
+        # into the int8 range and any error in the weight sums shows, unclamped.
+        cancel = (input_zero_point * weight.sum(axis=1) + rng.integers(-500, 500, out_features))
+        bias = torch.from_numpy(((cancel + 2**31) % 2**32 - 2**31).astype(np.int32))
+        params = dict(input_zero_point=input_zero_point, output_zero_point=-7,
+                      multiplier=_to(torch.full((out_features,), 1 << 30, dtype=torch.int32)),
+                      shift=_to(torch.full((out_features,), -12, dtype=torch.int32)),
+                      weight_bits=weight_bits)
+        _assert_same(ops.qlinear, _to(x), _to(packed), _to(bias), **params)
+        on_cpu = {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in params.items()}
+        unclamped = ops.qlinear(x, packed, bias, **on_cpu, backend="reference")
+        assert ((unclamped > -128) & (unclamped < 127)).float().mean() > 0.9
 
 
 def test_triton_long_reductions_wrap_like_the_spec():

@@ -150,13 +150,14 @@ def qlinear_case(M, N, K, *, int4: bool) -> KernelCase:
     from .gemm import qlinear_kernel
 
     row_bytes = (K + 1) // 2 if int4 else K
-    args = dict(x_ptr="*i8", w_ptr="*i8", bias_ptr="*i32", multiplier_ptr="*i32",
-                shift_ptr="*i32", w_sum_ptr="*i32", x_sum_ptr="*i32", y_ptr="*i8", M=M, N=N, K=K,
+    args = dict(x_ptr="*i8", w_ptr="*i8", column_term_ptr="*i32", multiplier_ptr="*i32",
+                shift_ptr="*i32", x_sum_ptr="*i32", y_ptr="*i8", M=M, N=N, K=K,
                 n_bytes=row_bytes,
                 stride_xm=K, stride_xk=1, stride_wn=row_bytes, stride_wk=1, stride_ym=N,
                 stride_yn=1, stride_requant=1, input_zero_point=-3, weight_zero_point=0,
                 zero_point_product=0, output_zero_point=5, act_min=-128, act_max=127)
-    flags = dict(HAS_BIAS=True, PACKED=int4, HAS_WZP=False, SINGLE_ROUNDING=False, LONG_K=False)
+    flags = dict(HAS_COLUMN_TERM=True, ONES_ROW=M < 16, PACKED=int4, HAS_WZP=False,
+                 SINGLE_ROUNDING=False, LONG_K=False)
     return KernelCase(f"qlinear {'int4' if int4 else 'int8'} M={M} N={N} K={K}", qlinear_kernel,
                       args, flags, gemm_configs(interpret=False))
 
@@ -265,6 +266,8 @@ def hopper_cases() -> list[KernelCase]:
         qlinear_case(4096, 4096, 4096, int4=True),
         qlinear_case(16, 4096, 4096, int4=False),
         qlinear_case(16, 4096, 4096, int4=True),
+        qlinear_case(8, 4096, 4096, int4=False),  # weight sums in the MMA's spare row
+        qlinear_case(8, 4096, 4096, int4=True),
         qconv2d_case(256, 128, 16, 128, int4=False),
         qconv2d_case(256, 128, 16, 128, int4=True),
         *linear_backward_cases(256, 4096, 4096),

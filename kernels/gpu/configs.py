@@ -17,13 +17,17 @@ def _config(block_m, block_n, block_k, stages, warps, **extra):
 
 
 def gemm_configs(interpret: bool = INTERPRET):
-    """int8 GEMM (qlinear). Square tiles for big GEMMs (int8 MMA wants BLOCK_K >= 64); thin
-    BLOCK_M=16/32 tiles for decode-like small-M calls where weight bandwidth dominates.
+    """int8 GEMM (qlinear). 256x128 and square tiles for big GEMMs (int8 MMA wants BLOCK_K >=
+    64); thin BLOCK_M=16/32 tiles for decode-like small-M calls where weight bandwidth dominates.
     Every config compiles for sm_90 without register spills, int8 and int4
-    (benchmarks/triton_compile_report.py); 128x256 tiles spill in the int64 epilogue."""
+    (benchmarks/triton_compile_report.py). 128x256 still spills ~340 bytes, so the wide tile
+    runs along M; 256x128 fits since the epilogue is int32."""
     if interpret:
         return [_config(32, 32, 64, 1, 4, GROUP_M=8)]
     return [
+        _config(256, 128, 128, 3, 8, GROUP_M=8),
+        _config(256, 128, 128, 4, 8, GROUP_M=8),
+        _config(256, 128, 64, 5, 8, GROUP_M=8),
         _config(128, 128, 128, 4, 8, GROUP_M=8),
         _config(128, 128, 256, 3, 8, GROUP_M=8),
         _config(128, 64, 128, 4, 4, GROUP_M=8),

@@ -23,7 +23,7 @@ cells are loaded as 0 (a plain masked load, which the compiler can pipeline), so
 tap_sum[oc, t] = sum_ci w[oc, ci, t] coming from a row-sum pass over the weights
 (gemm.row_sums). The second term is a KH*KW-step outer-product sum in the epilogue; it is exact
 for any int32 z_x, in or outside the int8 range.
-Everything after the dot is int64 and wrapped to int32 once, and long reductions are cut into
+Everything after the dot is wrapping int32, the spec's own arithmetic, and long reductions are cut into
 chunks that cannot overflow a saturating int32 MMA (LONG_K), as in gemm.py.
 """
 
@@ -34,7 +34,7 @@ import triton
 import triton.language as tl
 
 from .configs import conv_configs
-from .fixedpoint import MAX_EXACT_DOT_LENGTH, exact_dot_length, requantize, wrap_int32
+from .fixedpoint import MAX_EXACT_DOT_LENGTH, exact_dot_length, requantize
 from .gemm import load_weight_tile_kn, row_sums
 
 
@@ -127,14 +127,13 @@ def qconv2d_kernel(
             tap_sum = tl.load(tap_sum_ptr + w_rows * (KH * KW) + (ky * KW + kx), mask=oc_valid,
                               other=0)
             inside_weights += tl.where(row_inside[:, None], tap_sum[None, :], 0)
-    total = acc.to(tl.int64) - inside_weights.to(tl.int64) * input_zero_point
+    total = acc - inside_weights * input_zero_point  # wrapping int32, as the spec
     if HAS_BIAS:
-        total += tl.load(bias_ptr + w_rows, mask=oc_valid, other=0).to(tl.int64)[None, :]
-    total = wrap_int32(total)
+        total += tl.load(bias_ptr + w_rows, mask=oc_valid, other=0)[None, :]
     multiplier = tl.load(multiplier_ptr + w_rows * stride_requant, mask=oc_valid, other=0)
     shift = tl.load(shift_ptr + w_rows * stride_requant, mask=oc_valid, other=0)
-    y = requantize(total, multiplier.to(tl.int64)[None, :], shift.to(tl.int64)[None, :],
-                   output_zero_point, act_min, act_max, SINGLE_ROUNDING)
+    y = requantize(total, multiplier[None, :], shift[None, :], output_zero_point, act_min,
+                   act_max, SINGLE_ROUNDING)
     out_y = spatial // OW
     out_x = spatial % OW
     y_offsets = (batch * stride_yn + out_y * stride_yh + out_x * stride_yw)[:, None] \

@@ -8,15 +8,14 @@ import triton
 import triton.language as tl
 
 from .configs import elementwise_block
-from .fixedpoint import multiply_by_quantized_multiplier_double_rounding, requantize, wrap_int32
+from .fixedpoint import multiply_by_quantized_multiplier_double_rounding, requantize
 
 
 @triton.jit
 def rescale_input(values, zero_point, multiplier, shift, left_shift):
-    """ADD's per-input rescale: ((q - z) << left_shift wrapped to int32) * M_in (double rounding)."""
-    centered = values.to(tl.int64) - zero_point
-    shifted = wrap_int32(centered << left_shift)  # |q - z| < 2**32, left_shift <= 30: fits int64
-    return multiply_by_quantized_multiplier_double_rounding(shifted, multiplier, shift)
+    """ADD's per-input rescale: ((q - z) << left_shift, wrapping int32) * M_in (double rounding)."""
+    centered = values.to(tl.int32) - zero_point
+    return multiply_by_quantized_multiplier_double_rounding(centered << left_shift, multiplier, shift)
 
 
 @triton.jit
@@ -28,11 +27,10 @@ def qadd_kernel(a_ptr, b_ptr, y_ptr, numel,
     mask = offs < numel
     a = tl.load(a_ptr + offs, mask=mask, other=0)
     b = tl.load(b_ptr + offs, mask=mask, other=0)
-    # Scalars join int64 tensors (never computed as scalars alone, which would be int32).
-    zeros = tl.zeros((BLOCK,), dtype=tl.int64)
-    raw_sum = wrap_int32(
-        rescale_input(a, a_zero_point, zeros + a_multiplier, zeros + a_shift, zeros + left_shift)
-        + rescale_input(b, b_zero_point, zeros + b_multiplier, zeros + b_shift, zeros + left_shift))
+    # Scalars join int32 tensors, so that every step is a tensor operation.
+    zeros = tl.zeros((BLOCK,), dtype=tl.int32)
+    raw_sum = rescale_input(a, a_zero_point, zeros + a_multiplier, zeros + a_shift, zeros + left_shift) \
+        + rescale_input(b, b_zero_point, zeros + b_multiplier, zeros + b_shift, zeros + left_shift)
     y = requantize(raw_sum, zeros + output_multiplier, zeros + output_shift, output_zero_point,
                    act_min, act_max, False)
     tl.store(y_ptr + offs, y, mask=mask)

@@ -1,16 +1,20 @@
 """The fixed-point primitives of the integer spec as small @triton.jit functions.
 
-Each mirrors the numpy function of the same name in ``intunlearn.reference.fixedpoint`` and
-works on int64 tensors holding int32 values (every intermediate of the spec fits in int64).
+Each mirrors the numpy function of the same name in ``intunlearn.reference.fixedpoint``. They
+take and return int32 tensors and compute in wrapping int32, which is the spec's own arithmetic
+(every wrap of the spec is modulo 2**32, and +, - and * commute with it); int64 appears only
+inside a widening 32 x 32 -> 64-bit multiply whose result is consumed at once. Keeping the
+epilogue in 32-bit registers is what lets 128x256 GEMM tiles compile without spills on sm_90
+(benchmarks/triton_compile_report.py): the int64 epilogue they replaced needed two registers
+for every accumulator.
 
 Why only these operations: a kernel runs either compiled (PTX) or, for testing, under Triton's
 interpreter (numpy). Integer division, remainder and right shifts of negative numbers can
 round differently between the two (C truncation vs numpy's floor), so the primitives below
-are built only from operations whose results are identical in both: +, -, *, & and the
-arithmetic right shift >> on signed int64 (floor division by a power of two in both), left
-shifts that do not overflow int64, comparisons and tl.where. Truncating division by 2**31 is
-spelled with a shift of the magnitude and the sign put back; wrapping to int32 is an & of the
-low 32 bits. Division by a non-power of two is only ever applied to non-negative operands.
+are built only from operations whose results are identical in both: wrapping +, - and * on
+int32 (two's complement in PTX and in numpy arrays alike), &, the arithmetic right shift >> on
+signed integers (floor division by a power of two in both), left shifts by less than the bit
+width, comparisons and tl.where.
 """
 
 from __future__ import annotations
@@ -20,23 +24,20 @@ import triton.language as tl
 
 
 @triton.jit
-def wrap_int32(x):
-    """int64 -> int64 reduced modulo 2**32 into [INT32_MIN, INT32_MAX] (two's-complement wrap)."""
-    offset = x + 2147483648  # literal is int64 (> INT32_MAX), so the sum is int64
-    low32 = offset & 4294967295
-    return low32 - 2147483648
+def widening_multiply(a, b):
+    """The exact int64 product of two int32 tensors (one mul.wide.s32 in PTX)."""
+    return a.to(tl.int64) * b.to(tl.int64)
 
 
 @triton.jit
 def saturating_rounding_doubling_high_mul(a, b):
-    """gemmlowp's SaturatingRoundingDoublingHighMul on int64 holding int32: round(a*b / 2**31),
-    ties away from zero; INT32_MIN * INT32_MIN saturates to INT32_MAX."""
-    product = a * b  # |a * b| <= 2**62: exact in int64
-    nudge = tl.where(product >= 0, 1073741824, -1073741823)  # 2**30 or 1 - 2**30
-    total = product + nudge
-    # Truncating division by 2**31: shift the magnitude (>> of a non-negative number), restore sign.
-    magnitude = tl.where(total >= 0, total, -total) >> 31
-    high = tl.where(total >= 0, magnitude, -magnitude)
+    """gemmlowp's SaturatingRoundingDoublingHighMul on int32: a*b / 2**31 to nearest, ties
+    toward +inf; INT32_MIN * INT32_MIN saturates to INT32_MAX.
+
+    gemmlowp adds 2**30 to a non-negative product and 1 - 2**30 to a negative one, then divides
+    truncating toward zero. Both cases equal floor((a*b + 2**30) / 2**31), an arithmetic right
+    shift, which needs no sign test and rounds the same compiled and interpreted."""
+    high = ((widening_multiply(a, b) + 1073741824) >> 31).to(tl.int32)  # fits, but for MIN*MIN
     overflow = (a == -2147483648) & (b == -2147483648)
     return tl.where(overflow, 2147483647, high)
 
@@ -44,32 +45,31 @@ def saturating_rounding_doubling_high_mul(a, b):
 @triton.jit
 def rounding_divide_by_pot(x, exponent):
     """gemmlowp's RoundingDivideByPOT: x / 2**exponent to nearest, ties away from zero.
-    x and exponent int64, exponent in [0, 31]."""
-    one = exponent - exponent + 1  # int64 one of exponent's shape
-    mask = (one << exponent) - 1
+    x and exponent int32, exponent in [0, 31]."""
+    one = exponent - exponent + 1  # int32 one of exponent's shape
+    mask = (one << exponent) - 1  # exponent 31: 2**31 wraps to INT32_MIN, minus 1 is INT32_MAX
     remainder = x & mask
-    threshold = (mask >> 1) + (x < 0).to(tl.int64)
-    return (x >> exponent) + (remainder > threshold).to(tl.int64)
+    threshold = (mask >> 1) + (x < 0).to(tl.int32)
+    return (x >> exponent) + (remainder > threshold).to(tl.int32)
 
 
 @triton.jit
 def multiply_by_quantized_multiplier_double_rounding(x, multiplier, shift):
-    """TFLite's MultiplyByQuantizedMultiplier (default build); x, multiplier, shift int64.
+    """TFLite's MultiplyByQuantizedMultiplier (default build); x, multiplier, shift int32.
     A positive shift is a left shift of x in wrapping int32 first."""
     left_shift = tl.maximum(shift, 0)
     right_shift = tl.maximum(-shift, 0)
-    shifted = wrap_int32(x << left_shift)  # |x| <= 2**31, shift <= 30: no int64 overflow
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, multiplier),
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << left_shift, multiplier),
                                   right_shift)
 
 
 @triton.jit
 def multiply_by_quantized_multiplier_single_rounding(x, multiplier, shift):
-    """TFLITE_SINGLE_ROUNDING: (x*m + 2**(30-shift)) >> (31-shift) in int64, wrapped to int32."""
-    total_shift = 31 - shift
-    one = total_shift - total_shift + 1
-    rounding = one << (total_shift - 1)
-    return wrap_int32((x * multiplier + rounding) >> total_shift)
+    """TFLITE_SINGLE_ROUNDING: (x*m + 2**(30-shift)) >> (31-shift) in int64, wrapped to int32.
+    x, multiplier, shift int32, shift in [-31, 30]."""
+    total_shift = (31 - shift).to(tl.int64)
+    rounding = (total_shift - total_shift + 1) << (total_shift - 1)
+    return ((widening_multiply(x, multiplier) + rounding) >> total_shift).to(tl.int32)
 
 
 @triton.jit
@@ -83,10 +83,10 @@ def multiply_by_quantized_multiplier(x, multiplier, shift, SINGLE_ROUNDING: tl.c
 @triton.jit
 def requantize(acc, multiplier, shift, output_zero_point, act_min, act_max,
                SINGLE_ROUNDING: tl.constexpr):
-    """int32 accumulator (held in int64) -> int8: scale, + output zero point (wrapping int32),
-    clamp to [act_min, act_max]."""
-    scaled = multiply_by_quantized_multiplier(acc, multiplier, shift, SINGLE_ROUNDING)
-    shifted = wrap_int32(scaled + output_zero_point)
+    """int32 accumulator -> int8: scale, + output zero point (wrapping int32), clamp to
+    [act_min, act_max]. All arguments int32."""
+    shifted = multiply_by_quantized_multiplier(acc, multiplier, shift, SINGLE_ROUNDING) \
+        + output_zero_point
     return tl.minimum(tl.maximum(shifted, act_min), act_max).to(tl.int8)
 
 

@@ -199,7 +199,9 @@ def bench_conv(ops, plan: Plan, device, timer):
     batch = plan.conv_batch
     for name, c, oc, h, stride in plan.conv_layers:
         x = _int8((batch, c, h, h), device).contiguous(memory_format=torch.channels_last)
-        w = _int8((oc, c, 3, 3), device, -127)
+        # channels_last weights, as model.to(memory_format=torch.channels_last) leaves them:
+        # the kernel reads them in place (OHWI); OIHW weights are reordered on every call.
+        w = _int8((oc, c, 3, 3), device, -127).contiguous(memory_format=torch.channels_last)
         multiplier, shift = _requant(oc, device)
         ms = timer(lambda: ops.qconv2d(x, w, None, stride=stride, padding=1, input_zero_point=-2,
                                        output_zero_point=0, multiplier=multiplier, shift=shift,

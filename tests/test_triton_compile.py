@@ -25,7 +25,8 @@ reports = []
 for case in cases:
     report = case.compile(case.configs[0])
     reports.append(dict(name=case.name, mma=report.mma, pipelined=report.pipelined,
-                        shared=report.shared_bytes, tf32="tf32" in report.ptx))
+                        shared=report.shared_bytes, spills=report.spill_bytes,
+                        tf32="tf32" in report.ptx))
 print(json.dumps(reports))
 """
 
@@ -47,6 +48,7 @@ def test_integer_kernels_use_an_integer_mma(reports):
         assert all(".s32.s8.s8" in instruction for instruction in report["mma"]), report
         assert report["pipelined"], report
         assert report["shared"] <= 227 * 1024, report
+        assert report["spills"] == 0, report  # the first (largest) tile of each search space
 
 
 def test_backward_keeps_ieee_fp32(reports):
@@ -54,3 +56,15 @@ def test_backward_keeps_ieee_fp32(reports):
     assert len(backward) == 2
     for report in backward:
         assert not report["tf32"], report
+
+
+def test_zero_point_outside_int8_conv_path_skips_the_tiles_that_spill_there():
+    from intunlearn.kernels.gpu.configs import (TAP_CORRECTION_MAX_TILE, conv_configs,
+                                                prune_conv_configs)
+
+    space = conv_configs(interpret=False)
+    common = prune_conv_configs(space, {}, TAP_CORRECTION=False)
+    rare = prune_conv_configs(space, {}, TAP_CORRECTION=True)
+    assert common == space
+    assert rare and len(rare) < len(space)
+    assert all(c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= TAP_CORRECTION_MAX_TILE for c in rare)

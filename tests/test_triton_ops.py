@@ -246,7 +246,8 @@ def test_triton_qconv2d_matches_reference(case):
 @settings(max_examples=40)
 @given(conv_cases(), st.integers(-2**31, 2**31 - 1), st.booleans())
 def test_triton_qconv2d_zero_point_outside_int8(case, input_zero_point, channels_last):
-    """An input zero point outside int8 takes the kernel's second path (in-image mask dot)."""
+    """An input zero point outside int8 cannot pad an int8 tile: the kernel's second path
+    (TAP_CORRECTION) loads padding as 0 and subtracts z_x times the in-image taps' weights."""
     x, weight, bias, params = _conv_args(case)
     params["input_zero_point"] = input_zero_point
     if channels_last:
@@ -272,7 +273,9 @@ def test_triton_qconv2d_several_tiles(bits, packed, groups, group_channels, out_
     if packed:
         weight = ops.pack_int4(weight.reshape(out_channels, -1))
         kernel_size = (3, 3)
-    for input_zero_point in (-5, 128):
+    for input_zero_point, weight_format in ((-5, torch.channels_last), (128, torch.contiguous_format)):
+        if not packed:  # channels_last weights are read in place (OHWI), OIHW ones reordered
+            weight = weight.contiguous(memory_format=weight_format)
         _assert_same(ops.qconv2d, _to(x), _to(weight), _to(bias), stride=(2, 1), padding=(2, 0, 1, 2),
                      dilation=(1, 2), groups=groups, input_zero_point=input_zero_point,
                      output_zero_point=3, multiplier=_to(multiplier), shift=_to(shift),

@@ -162,16 +162,18 @@ def qlinear_case(M, N, K, *, int4: bool) -> KernelCase:
                       args, flags, gemm_configs(interpret=False))
 
 
-def qconv2d_case(batch, channels, size, out_channels, *, int4: bool) -> KernelCase:
-    """A 3x3, stride-1, pad-1 convolution on channels_last activations (ResNet-18 CIFAR)."""
-    from .configs import conv_configs
+def qconv2d_case(batch, channels, size, out_channels, *, int4: bool,
+                 zero_point_outside_int8: bool = False) -> KernelCase:
+    """A 3x3, stride-1, pad-1 convolution on channels_last activations (ResNet-18 CIFAR); with
+    zero_point_outside_int8, the per-tap epilogue path (TAP_CORRECTION) and its search space."""
+    from .configs import conv_config_fits, conv_configs
     from .conv import qconv2d_kernel
 
     tap_stride = channels + channels % 2 if int4 else channels  # see conv.taps_major_weight
     row_bytes = 9 * tap_stride // 2 if int4 else 9 * tap_stride
     x_strides = channels_last_strides(channels, size, size)
     y_strides = channels_last_strides(out_channels, size, size)
-    args = dict(x_ptr="*i8", w_ptr="*i8", bias_ptr="*i32", multiplier_ptr="*i32",
+    args = dict(x_ptr="*i8", w_ptr="*i8", column_term_ptr="*i32", multiplier_ptr="*i32",
                 shift_ptr="*i32", tap_sum_ptr="*i32", y_ptr="*i8", M=batch * size * size, H=size, W=size, OH=size,
                 OW=size, GROUP_C=channels, GROUP_OC=out_channels, tap_stride=tap_stride,
                 n_bytes=row_bytes,
@@ -179,12 +181,17 @@ def qconv2d_case(batch, channels, size, out_channels, *, int4: bool) -> KernelCa
                 stride_wo=row_bytes,
                 **dict(zip(["stride_yn", "stride_yc", "stride_yh", "stride_yw"], y_strides)),
                 stride_requant=1, conv_stride_h=1, conv_stride_w=1, pad_top=1, pad_left=1,
-                dilation_h=1, dilation_w=1, input_zero_point=-3, output_zero_point=5,
-                act_min=-128, act_max=127)
-    flags = dict(KH=3, KW=3, HAS_BIAS=True, PACKED=int4, SINGLE_ROUNDING=False, LONG_K=False)
+                dilation_h=1, dilation_w=1,
+                input_zero_point=200 if zero_point_outside_int8 else -3,
+                pad_value=0 if zero_point_outside_int8 else -3,
+                output_zero_point=5, act_min=-128, act_max=127)
+    flags = dict(KH=3, KW=3, HAS_COLUMN_TERM=True, TAP_CORRECTION=zero_point_outside_int8,
+                 PACKED=int4, SINGLE_ROUNDING=False, LONG_K=False)
+    configs = [config for config in conv_configs(interpret=False)
+               if conv_config_fits(config, zero_point_outside_int8)]
+    path = ", z_x outside int8" if zero_point_outside_int8 else ""
     return KernelCase(f"qconv2d {'int4' if int4 else 'int8'} {batch}x{channels}x{size}x{size}"
-                      f" -> {out_channels} 3x3", qconv2d_kernel, args, flags,
-                      conv_configs(interpret=False))
+                      f" -> {out_channels} 3x3{path}", qconv2d_kernel, args, flags, configs)
 
 
 def linear_backward_cases(N, OUT, IN) -> list[KernelCase]:
@@ -270,6 +277,8 @@ def hopper_cases() -> list[KernelCase]:
         qlinear_case(8, 4096, 4096, int4=True),
         qconv2d_case(256, 128, 16, 128, int4=False),
         qconv2d_case(256, 128, 16, 128, int4=True),
+        qconv2d_case(256, 128, 16, 128, int4=False, zero_point_outside_int8=True),
+        qconv2d_case(256, 128, 16, 128, int4=True, zero_point_outside_int8=True),
         *linear_backward_cases(256, 4096, 4096),
         *conv_backward_cases(256, 128, 16, 128),
         *elementwise_cases(1 << 24),

@@ -42,11 +42,14 @@ def gemm_configs(interpret: bool = INTERPRET):
 
 def conv_configs(interpret: bool = INTERPRET):
     """Implicit-GEMM convolution: M = N*OH*OW is large, N = OC/groups is 64..512, K = C/g per
-    tap. The gathered activation tiles cost registers: 128x128 tiles spill on sm_90, so the
-    space stops at 128x64 / 64x128 (benchmarks/triton_compile_report.py)."""
+    tap. Up to 128x128 tiles compile for sm_90 without spills (benchmarks/
+    triton_compile_report.py); 256x128 and 128x256 spill, and stay out."""
     if interpret:
         return [_config(64, 32, 64, 1, 4)]
     return [
+        _config(128, 128, 64, 3, 8),
+        _config(128, 128, 64, 4, 8),
+        _config(128, 128, 128, 3, 8),
         _config(128, 64, 64, 4, 8),
         _config(64, 128, 64, 4, 8),
         _config(64, 64, 128, 3, 4),
@@ -54,6 +57,23 @@ def conv_configs(interpret: bool = INTERPRET):
         _config(32, 64, 64, 4, 4),
         _config(64, 32, 32, 4, 4),  # depthwise / tiny groups
     ]
+
+
+# The z_x-outside-int8 conv epilogue (TAP_CORRECTION) holds one tap's weight sums per column:
+# tiles above 128x64 spill there, so the autotuner does not try them on that path.
+TAP_CORRECTION_MAX_TILE = 128 * 64
+
+
+def conv_config_fits(config, tap_correction: bool) -> bool:
+    return not tap_correction or \
+        config.kwargs["BLOCK_M"] * config.kwargs["BLOCK_N"] <= TAP_CORRECTION_MAX_TILE
+
+
+def prune_conv_configs(configs, named_args, **launch_kwargs):
+    """triton.autotune's early_config_prune: the conv search space for this launch's path."""
+    fitting = [config for config in configs
+               if conv_config_fits(config, launch_kwargs.get("TAP_CORRECTION", False))]
+    return fitting or configs
 
 
 def backward_configs(interpret: bool = INTERPRET):

@@ -15,16 +15,21 @@ tap's slice is contiguous; packed int4 is repacked in that order with every tap 
 whole number of bytes (an odd channel count gets a zero nibble), so a slice starts on a byte.
 The weights are small beside the activations; the reorder is one pass over them.
 
-Zero point and padding: the spec is sum_k w * (x - z_x) over the in-image taps only. Padded
-cells are loaded as 0 (a plain masked load, which the compiler can pipeline), so
+Zero point and padding: the spec is sum_k w * (x - z_x) over the in-image taps only, i.e.
+padding holds the real zero, x = z_x. When z_x fits int8 (every TFLite model), padded cells are
+loaded as z_x (a masked load with other=z_x, which the compiler still pipelines), and
 
-    acc = dot(x_col, w) - z_x * sum over the in-image taps t of tap_sum[oc, t],
+    acc = dot(x_col, w) + column_term[oc],   column_term = bias - z_x * sum_k w[oc, k],
 
-tap_sum[oc, t] = sum_ci w[oc, ci, t] coming from a row-sum pass over the weights
-(gemm.row_sums). The second term is a KH*KW-step outer-product sum in the epilogue; it is exact
-for any int32 z_x, in or outside the int8 range.
-Everything after the dot is wrapping int32, the spec's own arithmetic, and long reductions are cut into
-chunks that cannot overflow a saturating int32 MMA (LONG_K), as in gemm.py.
+the column term coming from a row-sum pass over the weights (gemm.row_sums), as in gemm.py.
+A z_x outside int8 cannot be loaded into an int8 tile (TAP_CORRECTION): padded cells load 0 and
+
+    acc = dot(x_col, w) + bias[oc] - z_x * sum over the in-image taps t of tap_sum[oc, t],
+
+with tap_sum[oc, t] = sum_ci w[oc, ci, t], a KH*KW-step outer-product sum in the epilogue that
+costs registers (a tap's sums per column), so it is kept off the common path.
+Everything after the dot is wrapping int32, the spec's own arithmetic, and long reductions are
+cut into chunks that cannot overflow a saturating int32 MMA (LONG_K), as in gemm.py.
 """
 
 from __future__ import annotations
@@ -33,22 +38,23 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import conv_configs
+from .configs import conv_configs, prune_conv_configs
 from .fixedpoint import MAX_EXACT_DOT_LENGTH, exact_dot_length, requantize
 from .gemm import load_weight_tile_kn, row_sums
 
 
 @triton.jit
-def accumulate_tap_products(acc, x_rows, row_inside, w_ptr, offs_oc, tap_column, c_begin, c_end,
-                            GROUP_OC, stride_xc, stride_wo, n_bytes,
+def accumulate_tap_products(acc, x_rows, row_inside, pad_value, w_ptr, offs_oc, tap_column,
+                            c_begin, c_end, GROUP_OC, stride_xc, stride_wo, n_bytes,
                             PACKED: tl.constexpr, BLOCK_K: tl.constexpr):
     """acc + the products of one tap over input channels [c_begin, c_end). x_rows: the address
     of channel 0 of the tap's input cell per output position; row_inside: that cell is in the
-    image (and the position exists). Padded cells read as 0."""
+    image (and the position exists). Padded cells (and channels past c_end, whose weights are 0)
+    read as pad_value."""
     for c_start in range(c_begin, c_end, BLOCK_K):
         offs_c = c_start + tl.arange(0, BLOCK_K)
         x = tl.load(x_rows[:, None] + offs_c[None, :] * stride_xc,
-                    mask=row_inside[:, None] & (offs_c < c_end)[None, :], other=0)
+                    mask=row_inside[:, None] & (offs_c < c_end)[None, :], other=pad_value)
         w = load_weight_tile_kn(w_ptr, offs_oc, tap_column + c_start, GROUP_OC, tap_column + c_end,
                                 stride_wo, 1, n_bytes, PACKED, BLOCK_K)
         acc = tl.dot(x, w, acc, out_dtype=tl.int32)
@@ -64,18 +70,19 @@ def window_cell_inside(in_y0, in_x0, m_valid, H, W, ky, kx, dilation_h, dilation
 
 
 @triton.autotune(configs=conv_configs(),
-                 key=["M", "GROUP_C", "GROUP_OC", "KH", "KW", "PACKED", "LONG_K"])
+                 key=["M", "GROUP_C", "GROUP_OC", "KH", "KW", "PACKED", "LONG_K", "TAP_CORRECTION"],
+                 prune_configs_by={"early_config_prune": prune_conv_configs})
 @triton.jit
 def qconv2d_kernel(
-    x_ptr, w_ptr, bias_ptr, multiplier_ptr, shift_ptr, tap_sum_ptr, y_ptr,
+    x_ptr, w_ptr, column_term_ptr, multiplier_ptr, shift_ptr, tap_sum_ptr, y_ptr,
     M, H, W, OH, OW, GROUP_C, GROUP_OC, tap_stride, n_bytes,
     stride_xn, stride_xc, stride_xh, stride_xw, stride_wo,
     stride_yn, stride_yc, stride_yh, stride_yw, stride_requant,
     conv_stride_h, conv_stride_w, pad_top, pad_left, dilation_h, dilation_w,
-    input_zero_point, output_zero_point, act_min, act_max,
+    input_zero_point, pad_value, output_zero_point, act_min, act_max,
     KH: tl.constexpr, KW: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PACKED: tl.constexpr, SINGLE_ROUNDING: tl.constexpr,
-    LONG_K: tl.constexpr,
+    HAS_COLUMN_TERM: tl.constexpr, TAP_CORRECTION: tl.constexpr, PACKED: tl.constexpr,
+    SINGLE_ROUNDING: tl.constexpr, LONG_K: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -110,26 +117,28 @@ def qconv2d_kernel(
             chunk = exact_dot_length(BLOCK_K)
             for c_begin in range(0, GROUP_C, chunk):
                 acc += accumulate_tap_products(
-                    tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), x_rows, row_inside, w_group,
+                    tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32), x_rows, row_inside, pad_value,
+                    w_group,
                     offs_oc, tap_column, c_begin, tl.minimum(c_begin + chunk, GROUP_C),
                     GROUP_OC, stride_xc, stride_wo, n_bytes, PACKED, BLOCK_K)
         else:
-            acc = accumulate_tap_products(acc, x_rows, row_inside, w_group, offs_oc, tap_column,
-                                          0, GROUP_C, GROUP_OC, stride_xc, stride_wo, n_bytes,
-                                          PACKED, BLOCK_K)
+            acc = accumulate_tap_products(acc, x_rows, row_inside, pad_value, w_group, offs_oc,
+                                          tap_column, 0, GROUP_C, GROUP_OC, stride_xc, stride_wo,
+                                          n_bytes, PACKED, BLOCK_K)
 
-    # z_x times the weights of the in-image taps: sum over taps of inside * tap_sum.
-    inside_weights = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
-    for ky in tl.static_range(KH):
-        for kx in tl.static_range(KW):
-            row_inside = window_cell_inside(in_y0, in_x0, m_valid, H, W, ky, kx, dilation_h,
-                                            dilation_w)
-            tap_sum = tl.load(tap_sum_ptr + w_rows * (KH * KW) + (ky * KW + kx), mask=oc_valid,
-                              other=0)
-            inside_weights += tl.where(row_inside[:, None], tap_sum[None, :], 0)
-    total = acc - inside_weights * input_zero_point  # wrapping int32, as the spec
-    if HAS_BIAS:
-        total += tl.load(bias_ptr + w_rows, mask=oc_valid, other=0)[None, :]
+    total = acc  # wrapping int32 from here on, as the spec
+    if TAP_CORRECTION:  # z_x times the weights of the in-image taps: sum of inside * tap_sum
+        inside_weights = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
+        for ky in tl.static_range(KH):
+            for kx in tl.static_range(KW):
+                row_inside = window_cell_inside(in_y0, in_x0, m_valid, H, W, ky, kx, dilation_h,
+                                                dilation_w)
+                tap_sum = tl.load(tap_sum_ptr + w_rows * (KH * KW) + (ky * KW + kx),
+                                  mask=oc_valid, other=0)
+                inside_weights += tl.where(row_inside[:, None], tap_sum[None, :], 0)
+        total -= inside_weights * input_zero_point
+    if HAS_COLUMN_TERM:  # bias - z_x * sum_k w, or the bias alone with TAP_CORRECTION
+        total += tl.load(column_term_ptr + w_rows, mask=oc_valid, other=0)[None, :]
     multiplier = tl.load(multiplier_ptr + w_rows * stride_requant, mask=oc_valid, other=0)
     shift = tl.load(shift_ptr + w_rows * stride_requant, mask=oc_valid, other=0)
     y = requantize(total, multiplier[None, :], shift[None, :], output_zero_point, act_min,
@@ -165,10 +174,11 @@ def taps_major_weight(weight: torch.Tensor, weight_shape, packed: bool):
     are padded to an even channel count (tap_stride) so each starts on a byte."""
     out_channels, group_channels, kernel_h, kernel_w = weight_shape
     K = group_channels * kernel_h * kernel_w
-    values = unpack_int4_torch(weight, K) if packed else weight.reshape(out_channels, K)
+    if not packed:  # a view, no copy, when the weight is channels_last (OHWI in memory)
+        taps = weight.reshape(weight_shape).permute(0, 2, 3, 1)
+        return taps.reshape(out_channels, -1), group_channels
+    values = unpack_int4_torch(weight, K)
     taps = values.reshape(out_channels, group_channels, kernel_h * kernel_w).transpose(1, 2)
-    if not packed:
-        return taps.contiguous().reshape(out_channels, -1), group_channels
     tap_stride = group_channels + group_channels % 2
     padded = torch.nn.functional.pad(taps, (0, tap_stride - group_channels))
     return pack_int4_torch(padded.reshape(out_channels, -1)).view(torch.int8), tap_stride
@@ -200,20 +210,28 @@ def qconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
     shift = shift.contiguous()
     group_oc = out_channels // groups
     taps = kernel_h * kernel_w
-    tap_sums = row_sums(w.reshape(out_channels * taps, -1), tap_stride, packed=packed) \
-        if input_zero_point else torch.zeros(out_channels * taps, dtype=torch.int32,
-                                             device=x.device)  # z_x = 0: no correction
+    column_term = None if bias is None else bias.contiguous()
+    tap_correction = not -128 <= input_zero_point <= 127
+    if tap_correction:  # padded cells load 0; per-tap weight sums for the epilogue
+        tap_sums = row_sums(w.reshape(out_channels * taps, -1), tap_stride, packed=packed)
+    else:  # padded cells load z_x; column_term = bias - z_x * sum_k w
+        tap_sums = multiplier  # unused
+        if input_zero_point != 0:
+            column_term = row_sums(w, taps * tap_stride, packed=packed,
+                                   scale=-input_zero_point, offset=column_term)
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(group_oc, meta["BLOCK_N"]),  # noqa: E731
                          groups)
     qconv2d_kernel[grid](
-        x, w, bias if bias is not None else multiplier, multiplier, shift, tap_sums, y,
+        x, w, column_term if column_term is not None else multiplier, multiplier, shift,
+        tap_sums, y,
         M, height, width, out_h, out_w, group_channels, group_oc, tap_stride, w.shape[1],
         x.stride(0), x.stride(1), x.stride(2), x.stride(3), w.stride(0),
         y.stride(0), y.stride(1), y.stride(2), y.stride(3),
         0 if multiplier.numel() == 1 else 1,
         stride[0], stride[1], top, left, dilation[0], dilation[1],
-        input_zero_point, output_zero_point, act_min, act_max,
-        KH=kernel_h, KW=kernel_w,
-        HAS_BIAS=bias is not None, PACKED=packed, SINGLE_ROUNDING=rounding == "single", LONG_K=K > MAX_EXACT_DOT_LENGTH,
+        input_zero_point, 0 if tap_correction else input_zero_point, output_zero_point,
+        act_min, act_max, KH=kernel_h, KW=kernel_w,
+        HAS_COLUMN_TERM=column_term is not None, TAP_CORRECTION=tap_correction, PACKED=packed,
+        SINGLE_ROUNDING=rounding == "single", LONG_K=K > MAX_EXACT_DOT_LENGTH,
     )
     return y

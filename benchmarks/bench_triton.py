@@ -9,10 +9,13 @@
   * int8 implicit-GEMM conv on ResNet-18 CIFAR layer shapes (batch 256, channels_last) vs cuDNN
     fp16 conv (torch.nn.functional.conv2d, channels_last).
 
-Before timing anything it checks that the Triton kernels are bit-exact with the reference oracle
-on a few moderate shapes (int8 and int4, linear and conv) and stops if they are not: a fast wrong
-kernel is not a result. GPU times are medians of triton.testing.do_bench (warm-up and autotuning
-excluded).
+Before timing anything it checks, through the validated public ops, that the Triton kernels are
+bit-exact with the reference oracle on moderate shapes (int8 and int4, linear with M above and
+below the smallest tile, conv), and after timing each problem it checks sampled rows of the
+timed output against the oracle; it stops at the first difference: a fast wrong kernel is not a
+result. The timed calls are the kernel launchers (intunlearn.kernels.gpu), not intunlearn.ops,
+whose argument checks read value ranges back to the host, as cuBLAS and cuDNN do not. GPU times
+are medians of triton.testing.do_bench (warm-up and autotuning excluded).
 
 `--smoke` runs the same code on tiny shapes, on the CPU through Triton's interpreter when there
 is no GPU (TRITON_INTERPRET=1 must be set before Python starts), with wall-clock medians: it
@@ -55,8 +58,8 @@ class Plan:
     int4_features: int             # N = K of the small-M int4-vs-int8 comparison
     conv_batch: int
     conv_layers: tuple[tuple, ...]
-    check_linear: tuple[int, int, int]      # (M, N, K) of the exactness check
-    check_conv: tuple[int, int, int, int]   # (batch, C, OC, H) of the exactness check
+    check_linear: tuple[tuple[int, int, int], ...]  # (M, N, K) of the exactness checks
+    check_conv: tuple[int, int, int, int]            # (batch, C, OC, H) of the conv check
 
 
 def _scaled_layers(divisor: int, spatial_divisor: int) -> tuple[tuple, ...]:
@@ -64,10 +67,15 @@ def _scaled_layers(divisor: int, spatial_divisor: int) -> tuple[tuple, ...]:
                  for name, c, oc, h, stride in RESNET18_CIFAR)
 
 
+# The linear checks take M above and below the smallest BLOCK_M (16 on a GPU, 32 interpreted),
+# so both ways of summing the weights for the zero-point correction run; K is odd.
 PLANS = {
-    "full": Plan((4096, 8192), (1, 4, 16), 8192, 256, RESNET18_CIFAR, (192, 320, 520), (8, 40, 72, 12)),
-    "quick": Plan((4096,), (1, 16), 8192, 256, RESNET18_CIFAR[1::2], (192, 320, 520), (8, 40, 72, 12)),
-    "smoke": Plan((40,), (1, 4), 72, 2, _scaled_layers(16, 4), (5, 24, 37), (2, 5, 8, 6)),
+    "full": Plan((4096, 8192), (1, 4, 16), 8192, 256, RESNET18_CIFAR,
+                 ((192, 320, 521), (5, 320, 521)), (8, 40, 72, 12)),
+    "quick": Plan((4096,), (1, 16), 8192, 256, RESNET18_CIFAR[1::2],
+                  ((192, 320, 521), (5, 320, 521)), (8, 40, 72, 12)),
+    "smoke": Plan((40,), (1, 4), 72, 2, _scaled_layers(16, 4),
+                  ((40, 24, 37), (5, 24, 37)), (2, 5, 8, 6)),
 }
 
 
@@ -105,57 +113,93 @@ def _int8(shape, device, low=-128, high=128, generator=None):
     return torch.randint(low, high, shape, dtype=torch.int8, generator=generator).to(device)
 
 
+def _mismatch_exit(name, got, expected):
+    mismatches = int((got != expected).sum())
+    sys.exit(f"bench_triton.py: {name}: the Triton kernel differs from the reference in "
+             f"{mismatches} of {expected.numel()} outputs; a wrong kernel's time is no result")
+
+
 def check_exact(ops, plan: Plan, device) -> list[str]:
-    """Triton vs the reference oracle on the plan's check shapes (zero points, bias, int8 and
-    int4 weights, a strided padded conv). Raises SystemExit naming the first mismatch."""
+    """Triton vs the reference oracle through intunlearn.ops on the plan's check shapes (zero
+    points, bias, int8 and int4 weights, a strided padded conv). Exits at the first mismatch."""
     generator = torch.Generator().manual_seed(0)
-    m, n, k = plan.check_linear
     batch, c, oc, h = plan.check_conv
-    x = _int8((m, k), "cpu", generator=generator)
     image = _int8((batch, c, h, h), "cpu", generator=generator)
-    bias = torch.randint(-5000, 5000, (max(n, oc),), dtype=torch.int32, generator=generator)
     checked = []
     for bits in (8, 4):
         low, high = (-128, 128) if bits == 8 else (-8, 8)
-        w = _int8((n, k), "cpu", low, high, generator)
         w_conv = _int8((oc, c, 3, 3), "cpu", low, high, generator)
+        bias_conv = torch.randint(-5000, 5000, (oc,), dtype=torch.int32, generator=generator)
         if bits == 4:
-            w, w_conv = ops.pack_int4(w), ops.pack_int4(w_conv.reshape(oc, -1))
+            w_conv = ops.pack_int4(w_conv.reshape(oc, -1))
+        cases = []
+        for m, n, k in plan.check_linear:
+            x = _int8((m, k), "cpu", generator=generator)
+            w = _int8((n, k), "cpu", low, high, generator)
+            w = ops.pack_int4(w) if bits == 4 else w
+            bias = torch.randint(-5000, 5000, (n,), dtype=torch.int32, generator=generator)
 
-        def linear(backend, dev):
-            multiplier, shift = _requant(n, dev)
-            return ops.qlinear(x.to(dev), w.to(dev), bias[:n].to(dev), input_zero_point=-3,
-                               output_zero_point=5, multiplier=multiplier, shift=shift,
-                               weight_bits=bits, backend=backend)
+            def linear(backend, dev, x=x, w=w, bias=bias, n=n):
+                multiplier, shift = _requant(n, dev)
+                return ops.qlinear(x.to(dev), w.to(dev), bias.to(dev), input_zero_point=-3,
+                                   output_zero_point=5, multiplier=multiplier, shift=shift,
+                                   weight_bits=bits, backend=backend)
+            cases.append((f"qlinear int{bits} {m}x{n}x{k}", linear))
 
         def conv(backend, dev):
             multiplier, shift = _requant(oc, dev)
             return ops.qconv2d(image.to(dev).contiguous(memory_format=torch.channels_last),
-                               w_conv.to(dev), bias[:oc].to(dev), stride=2, padding=1,
+                               w_conv.to(dev), bias_conv.to(dev), stride=2, padding=1,
                                input_zero_point=-2, output_zero_point=1, multiplier=multiplier,
                                shift=shift, weight_bits=bits, kernel_size=(3, 3), backend=backend)
+        cases.append((f"qconv2d int{bits} {batch}x{c}x{h}x{h} -> {oc}, 3x3 stride 2 pad 1", conv))
 
-        for name, run in ((f"qlinear int{bits} {m}x{n}x{k}", linear),
-                          (f"qconv2d int{bits} {batch}x{c}x{h}x{h} -> {oc}, 3x3 stride 2 pad 1", conv)):
+        for name, run in cases:
             got, expected = run("triton", device).cpu(), run("reference", "cpu")
             if not torch.equal(got, expected):
-                mismatches = int((got != expected).sum())
-                sys.exit(f"bench_triton.py: {name}: the Triton kernel differs from the reference "
-                         f"in {mismatches} of {expected.numel()} outputs; not timing a wrong kernel")
+                _mismatch_exit(name, got, expected)
             checked.append(name)
             print(f"exact: {name}")
     return checked
 
 
-def bench_gemm(ops, plan: Plan, device, timer, peak):
+def _sampled(count: int, samples: int = 3) -> list[int]:
+    return sorted({0, count // 2, count - 1})[:samples]
+
+
+def check_linear_rows(ops, name, y, x, w, bias, bits, **params):
+    """Rows 0, M/2 and M-1 of a timed qlinear output against the reference oracle."""
+    rows = _sampled(x.shape[0])
+    cpu = {key: value.cpu() if isinstance(value, torch.Tensor) else value
+           for key, value in params.items()}
+    expected = ops.qlinear(x[rows].cpu(), w.cpu(), None if bias is None else bias.cpu(),
+                           weight_bits=bits, backend="reference", **cpu)
+    if not torch.equal(y[rows].cpu(), expected):
+        _mismatch_exit(name, y[rows].cpu(), expected)
+
+
+def check_conv_images(ops, name, y, x, w, stride, **params):
+    """The first image of a timed qconv2d output against the reference oracle."""
+    cpu = {key: value.cpu() if isinstance(value, torch.Tensor) else value
+           for key, value in params.items()}
+    expected = ops.qconv2d(x[:1].cpu(), w.cpu(), None, stride=stride, padding=1,
+                           backend="reference", **cpu)
+    if not torch.equal(y[:1].cpu(), expected):
+        _mismatch_exit(name, y[:1].cpu(), expected)
+
+
+def bench_gemm(ops, launch, plan: Plan, device, timer, peak):
     rows = []
     for size in plan.gemm_sizes:
         m = n = k = size
         x, w = _int8((m, k), device), _int8((n, k), device, -127)
         bias = torch.randint(-1000, 1000, (n,), dtype=torch.int32, device=device)
         multiplier, shift = _requant(n, device)
-        ms = timer(lambda: ops.qlinear(x, w, bias, input_zero_point=-3, output_zero_point=5,
-                                       multiplier=multiplier, shift=shift, backend="triton"))
+        params = dict(input_zero_point=-3, output_zero_point=5, multiplier=multiplier,
+                      shift=shift, act_min=-128, act_max=127)
+        run = lambda: launch.qlinear(x, w, bias, in_features=k, **params)  # noqa: E731
+        ms = timer(run)
+        check_linear_rows(ops, f"int8 GEMM {m}x{n}x{k}", run(), x, w, bias, 8, **params)
         ms_cublas = timer(lambda: torch._int_mm(x, w.t()))
         tops, tops_cublas = 2 * m * n * k / ms / 1e9, 2 * m * n * k / ms_cublas / 1e9
         row = {"shape": [m, n, k], "triton_ms": ms, "triton_tops": tops,
@@ -171,7 +215,7 @@ def bench_gemm(ops, plan: Plan, device, timer, peak):
     return rows
 
 
-def bench_int4(ops, plan: Plan, device, timer):
+def bench_int4(ops, launch, plan: Plan, device, timer):
     """Packed int4 vs int8 weights at small M, with z_x = 0 and with z_x = -128 (activations
     after a ReLU), where the weight sums of the zero-point correction are needed too."""
     rows = []
@@ -180,21 +224,25 @@ def bench_int4(ops, plan: Plan, device, timer):
     w4 = ops.pack_int4(w8)
     multiplier, shift = _requant(n, device)
     for input_zero_point in (0, -128):
-        common = dict(input_zero_point=input_zero_point, output_zero_point=0,
-                      multiplier=multiplier, shift=shift, backend="triton")
+        params = dict(input_zero_point=input_zero_point, output_zero_point=0,
+                      multiplier=multiplier, shift=shift, act_min=-128, act_max=127)
         for m in plan.int4_rows:
             x = _int8((m, k), device)
-            ms8 = timer(lambda: ops.qlinear(x, w8, None, **common))
-            ms4 = timer(lambda: ops.qlinear(x, w4, None, weight_bits=4, **common))
+            run8 = lambda: launch.qlinear(x, w8, None, in_features=k, **params)  # noqa: E731
+            run4 = lambda: launch.qlinear(x, w4, None, in_features=k, **params)  # noqa: E731
+            ms8, ms4 = timer(run8), timer(run4)
+            name = f"M={m} {n}x{k} z_x={input_zero_point}"
+            check_linear_rows(ops, f"{name} int8 weights", run8(), x, w8, None, 8, **params)
+            check_linear_rows(ops, f"{name} int4 weights", run4(), x, w4, None, 4, **params)
             rows.append({"shape": [m, n, k], "input_zero_point": input_zero_point,
                          "int8_weight_ms": ms8, "int4_packed_weight_ms": ms4,
                          "int4_speedup": ms8 / ms4, "int4_weight_gbps": n * k / 2 / ms4 / 1e6})
-            print(f"M={m:2d} {n}x{k} z_x={input_zero_point}: int8 weights {ms8 * 1e3:.1f} us, "
-                  f"packed int4 {ms4 * 1e3:.1f} us ({ms8 / ms4:.2f}x)")
+            print(f"{name}: int8 weights {ms8 * 1e3:.1f} us, packed int4 {ms4 * 1e3:.1f} us "
+                  f"({ms8 / ms4:.2f}x)")
     return rows
 
 
-def bench_conv(ops, plan: Plan, device, timer):
+def bench_conv(ops, launch, plan: Plan, device, timer):
     rows = []
     batch = plan.conv_batch
     for name, c, oc, h, stride in plan.conv_layers:
@@ -203,9 +251,13 @@ def bench_conv(ops, plan: Plan, device, timer):
         # the kernel reads them in place (OHWI); OIHW weights are reordered on every call.
         w = _int8((oc, c, 3, 3), device, -127).contiguous(memory_format=torch.channels_last)
         multiplier, shift = _requant(oc, device)
-        ms = timer(lambda: ops.qconv2d(x, w, None, stride=stride, padding=1, input_zero_point=-2,
-                                       output_zero_point=0, multiplier=multiplier, shift=shift,
-                                       backend="triton"))
+        params = dict(input_zero_point=-2, output_zero_point=0, multiplier=multiplier,
+                      shift=shift, act_min=-128, act_max=127)
+        run = lambda: launch.qconv2d(x, w, None, weight_shape=(oc, c, 3, 3),  # noqa: E731
+                                     stride=(stride, stride), padding=(1, 1, 1, 1),
+                                     dilation=(1, 1), groups=1, **params)
+        ms = timer(run)
+        check_conv_images(ops, f"conv {name}", run(), x, w, stride, **params)
         x_half = x.half().contiguous(memory_format=torch.channels_last)
         w_half = w.half().contiguous(memory_format=torch.channels_last)
         ms_fp16 = timer(lambda: torch.nn.functional.conv2d(x_half, w_half, stride=stride, padding=1))
@@ -235,7 +287,8 @@ def main(argv=None):
         device, timer = "cuda", cuda_timer
         device_name = torch.cuda.get_device_name()
     elif args.smoke and os.environ.get("TRITON_INTERPRET") == "1":
-        device, timer, device_name = "cpu", wall_timer, f"cpu (Triton interpreter), {platform.processor() or platform.machine()}"
+        device, timer = "cpu", wall_timer
+        device_name = f"cpu (Triton interpreter), {platform.processor() or platform.machine()}"
     else:
         sys.exit("bench_triton.py needs a CUDA GPU (torch.cuda.is_available() is False); without one "
                  "only `TRITON_INTERPRET=1 python benchmarks/bench_triton.py --smoke` runs, and its "
@@ -243,6 +296,7 @@ def main(argv=None):
     import triton
 
     from intunlearn import ops
+    from intunlearn.kernels import gpu as launch
 
     plan = PLANS[plan_name]
     peak = peak_int8_tops(device_name) if device == "cuda" else None
@@ -252,9 +306,9 @@ def main(argv=None):
         "python": platform.python_version(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "peak_int8_tops": peak,
         "bit_exact_with_reference": check_exact(ops, plan, device),
-        "int8_gemm": bench_gemm(ops, plan, device, timer, peak),
-        "int4_weight_gemm_small_m": bench_int4(ops, plan, device, timer),
-        "conv_resnet18_cifar": bench_conv(ops, plan, device, timer),
+        "int8_gemm": bench_gemm(ops, launch, plan, device, timer, peak),
+        "int4_weight_gemm_small_m": bench_int4(ops, launch, plan, device, timer),
+        "conv_resnet18_cifar": bench_conv(ops, launch, plan, device, timer),
     }
     out = args.out
     if out is None and plan_name != "smoke":

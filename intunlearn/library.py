@@ -202,6 +202,8 @@ def _check_layer_inputs(x: Tensor, weight: Tensor, bias, weight_scale: Tensor, p
     """The checks of intunlearn.ops that the inputs of a training op can fail (the int8
     tensors derived from them are valid by construction, so the integer op is called on the
     backend directly)."""
+    check.integer("input_zero_point", params[1])
+    check.integer("output_zero_point", params[3])
     act_min, act_max, _, rounding = params[4:8]
     check.activation_range(act_min, act_max)
     check.choice("rounding", rounding, ops.ROUNDINGS)

@@ -34,7 +34,8 @@ def test_bench_triton_smoke_run_checks_exactness_and_writes_every_section(tmp_pa
     written = json.loads(out.read_text())
     plan = bench.PLANS["smoke"]
     assert written["mode"] == "smoke"
-    assert len(written["bit_exact_with_reference"]) == 4  # linear and conv, int8 and int4
+    # int8 and int4: each linear check shape and the conv
+    assert len(written["bit_exact_with_reference"]) == 2 * (len(plan.check_linear) + 1)
     assert [row["shape"] for row in written["int8_gemm"]] == [[s, s, s] for s in plan.gemm_sizes]
     assert [(row["input_zero_point"], row["shape"][0]) for row in written["int4_weight_gemm_small_m"]] \
         == [(z, m) for z in (0, -128) for m in plan.int4_rows]
@@ -66,3 +67,23 @@ def test_bench_triton_refuses_a_wrong_kernel(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="differs from the reference"):
         bench.main(["--smoke", "--out", str(tmp_path / "never.json")])
     assert not (tmp_path / "never.json").exists()
+
+
+def test_bench_triton_checks_the_timed_outputs_too(tmp_path, monkeypatch):
+    """The timed calls go to the kernel launchers; their outputs are spot-checked as well."""
+    bench = _load_script()
+    from intunlearn.kernels import gpu
+    real_qlinear = gpu.qlinear
+    calls = []
+
+    def wrong_after_the_exactness_check(*args, in_features, **kwargs):
+        output = real_qlinear(*args, in_features=in_features, **kwargs)
+        if in_features != bench.PLANS["smoke"].gemm_sizes[0]:
+            return output  # the exactness checks (other K) pass
+        calls.append(1)
+        return output ^ 1
+
+    monkeypatch.setattr(gpu, "qlinear", wrong_after_the_exactness_check)
+    with pytest.raises(SystemExit, match="int8 GEMM .* differs from the reference"):
+        bench.main(["--smoke", "--out", str(tmp_path / "never.json")])
+    assert calls and not (tmp_path / "never.json").exists()

@@ -185,6 +185,8 @@ def test_training_ops_name_mismatched_shapes():
     ({"act_min": 100, "act_max": -100}, "act_min must be <= act_max"),
     ({"act_min": -1000}, "act_min"),
     ({"rounding": "bogus"}, "rounding"),
+    ({"input_zero_point": 2**31 + 5}, "input_zero_point must lie in"),
+    ({"output_zero_point": -2**31 - 1}, "output_zero_point must lie in"),
 ])
 @pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
 def test_training_ops_name_bad_parameters(change, message, entry):

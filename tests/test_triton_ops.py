@@ -203,10 +203,21 @@ def test_triton_long_reductions_wrap_like_the_spec():
     _assert_same(ops.qlinear, _to(x), _to(weight), None, **params)
     _assert_same(ops.qlinear, _to(x), _to(ops.pack_int4(weight // 16)), None, weight_bits=4,
                  **params)
+    # With z_x = -128 the weight sums enter too: in the MMA's spare row (2 rows), or from the
+    # separate row-sum pass (one row more than the smallest tile).
+    from intunlearn.kernels.gpu.gemm import SMALLEST_BLOCK_M
+    shifted = dict(params, input_zero_point=-128)
+    for rows in (2, SMALLEST_BLOCK_M + 1):
+        x_high = torch.full((rows, in_features), 127, dtype=torch.int8)
+        _assert_same(ops.qlinear, _to(x_high), _to(ops.pack_int4(weight // 16)), None,
+                     weight_bits=4, **shifted)
     channels = 14564  # 9 taps * 14564 = 131076 > 131071
     image = torch.full((1, channels, 3, 3), -128, dtype=torch.int8)
     kernel = torch.full((1, channels, 3, 3), -128, dtype=torch.int8)
     _assert_same(ops.qconv2d, _to(image), _to(kernel), None, padding=1, **params)
+    # padded cells loaded as z_x (-5 fits int8), summed in chunks as well
+    _assert_same(ops.qconv2d, _to(image), _to(kernel), None, padding=1,
+                 **dict(params, input_zero_point=-5))
 
 
 @pytest.mark.parametrize("rounding", ["double", "single"])

@@ -146,7 +146,7 @@ def channels_last_strides(channels, height, width):
 
 
 def qlinear_case(M, N, K, *, int4: bool) -> KernelCase:
-    from .configs import gemm_configs
+    from .configs import gemm_configs, smallest_gemm_block_m
     from .gemm import qlinear_kernel
 
     row_bytes = (K + 1) // 2 if int4 else K
@@ -156,8 +156,8 @@ def qlinear_case(M, N, K, *, int4: bool) -> KernelCase:
                 stride_xm=K, stride_xk=1, stride_wn=row_bytes, stride_wk=1, stride_ym=N,
                 stride_yn=1, stride_requant=1, input_zero_point=-3, weight_zero_point=0,
                 zero_point_product=0, output_zero_point=5, act_min=-128, act_max=127)
-    flags = dict(HAS_COLUMN_TERM=True, ONES_ROW=M < 16, PACKED=int4, HAS_WZP=False,
-                 SINGLE_ROUNDING=False, LONG_K=False)
+    flags = dict(HAS_COLUMN_TERM=True, ONES_ROW=M < smallest_gemm_block_m(interpret=False),
+                 PACKED=int4, HAS_WZP=False, SINGLE_ROUNDING=False, LONG_K=False)
     return KernelCase(f"qlinear {'int4' if int4 else 'int8'} M={M} N={N} K={K}", qlinear_kernel,
                       args, flags, gemm_configs(interpret=False))
 
@@ -174,7 +174,8 @@ def qconv2d_case(batch, channels, size, out_channels, *, int4: bool,
     x_strides = channels_last_strides(channels, size, size)
     y_strides = channels_last_strides(out_channels, size, size)
     args = dict(x_ptr="*i8", w_ptr="*i8", column_term_ptr="*i32", multiplier_ptr="*i32",
-                shift_ptr="*i32", tap_sum_ptr="*i32", y_ptr="*i8", M=batch * size * size, H=size, W=size, OH=size,
+                shift_ptr="*i32", tap_sum_ptr="*i32", y_ptr="*i8", M=batch * size * size, H=size,
+                W=size, OH=size,
                 OW=size, GROUP_C=channels, GROUP_OC=out_channels, tap_stride=tap_stride,
                 n_bytes=row_bytes,
                 **dict(zip(["stride_xn", "stride_xc", "stride_xh", "stride_xw"], x_strides)),

@@ -19,9 +19,10 @@ def _config(block_m, block_n, block_k, stages, warps, **extra):
 def gemm_configs(interpret: bool = INTERPRET):
     """int8 GEMM (qlinear). 256x128 and square tiles for big GEMMs (int8 MMA wants BLOCK_K >=
     64); thin BLOCK_M=16/32 tiles for decode-like small-M calls where weight bandwidth dominates.
-    Every config compiles for sm_90 without register spills, int8 and int4
-    (benchmarks/triton_compile_report.py). 128x256 still spills ~340 bytes, so the wide tile
-    runs along M; 256x128 fits since the epilogue is int32."""
+    Every config compiles for sm_90 without register spills, int8 and int4, except 8 bytes in
+    16x64x512 for int4 weights with the ones row (benchmarks/triton_compile_report.py).
+    128x256 spills ~340 bytes, so the wide tile runs along M: 256x128 fits since the epilogue
+    is int32."""
     if interpret:
         return [_config(32, 32, 64, 1, 4, GROUP_M=8)]
     return [
@@ -38,6 +39,11 @@ def gemm_configs(interpret: bool = INTERPRET):
         _config(16, 64, 512, 3, 4, GROUP_M=8),
         _config(16, 256, 128, 4, 8, GROUP_M=8),
     ]
+
+
+def smallest_gemm_block_m(interpret: bool = INTERPRET) -> int:
+    """Below this many rows every GEMM tile has a spare row (gemm.py's ONES_ROW)."""
+    return min(config.kwargs["BLOCK_M"] for config in gemm_configs(interpret))
 
 
 def conv_configs(interpret: bool = INTERPRET):

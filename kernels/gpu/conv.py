@@ -5,8 +5,8 @@ The convolution of one group is a GEMM  y[m, oc] = sum_k x_col[m, k] * w[oc, k] 
     k = (ky, kx, ci)         over the KH*KW taps, and within a tap the C/groups input channels,
     x_col[m, k] = x[n, g*C/groups + ci, oh*sh - top + ky*dh, ow*sw - left + kx*dw].
 No im2col tensor exists. Taps are the outer loop (a loop, not unrolled, so one tap's row
-addresses are live at a time): for one tap every output position reads one input cell, so the address of a tile is a per-row base plus
-the channel offset, and the padding mask is per row. Channels are the inner loop, in BLOCK_K
+addresses are live at a time): for one tap every output position reads one input cell, so the
+address of a tile is a per-row base plus the channel offset, and the padding mask is per row. Channels are the inner loop, in BLOCK_K
 slices, contiguous in memory for channels_last activations. Grid: (M tiles, OC/groups tiles,
 groups); depthwise is groups = C with one channel per tap.
 
@@ -219,8 +219,9 @@ def qconv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
         if input_zero_point != 0:
             column_term = row_sums(w, taps * tap_stride, packed=packed,
                                    scale=-input_zero_point, offset=column_term)
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(group_oc, meta["BLOCK_N"]),  # noqa: E731
-                         groups)
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]), triton.cdiv(group_oc, meta["BLOCK_N"]), groups)
+
     qconv2d_kernel[grid](
         x, w, column_term if column_term is not None else multiplier, multiplier, shift,
         tap_sums, y,

@@ -15,7 +15,8 @@ from .fixedpoint import multiply_by_quantized_multiplier_double_rounding, requan
 def rescale_input(values, zero_point, multiplier, shift, left_shift):
     """ADD's per-input rescale: ((q - z) << left_shift, wrapping int32) * M_in (double rounding)."""
     centered = values.to(tl.int32) - zero_point
-    return multiply_by_quantized_multiplier_double_rounding(centered << left_shift, multiplier, shift)
+    return multiply_by_quantized_multiplier_double_rounding(centered << left_shift, multiplier,
+                                                            shift)
 
 
 @triton.jit
@@ -27,9 +28,10 @@ def qadd_kernel(a_ptr, b_ptr, y_ptr, numel,
     mask = offs < numel
     a = tl.load(a_ptr + offs, mask=mask, other=0)
     b = tl.load(b_ptr + offs, mask=mask, other=0)
-    # Scalars join int32 tensors, so that every step is a tensor operation.
+    # The scalar parameters as int32 tensors of the block's shape, as the primitives take.
     zeros = tl.zeros((BLOCK,), dtype=tl.int32)
-    raw_sum = rescale_input(a, a_zero_point, zeros + a_multiplier, zeros + a_shift, zeros + left_shift) \
+    raw_sum = rescale_input(a, a_zero_point, zeros + a_multiplier, zeros + a_shift,
+                            zeros + left_shift) \
         + rescale_input(b, b_zero_point, zeros + b_multiplier, zeros + b_shift, zeros + left_shift)
     y = requantize(raw_sum, zeros + output_multiplier, zeros + output_shift, output_zero_point,
                    act_min, act_max, False)

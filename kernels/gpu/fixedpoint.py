@@ -3,10 +3,13 @@
 Each mirrors the numpy function of the same name in ``intunlearn.reference.fixedpoint``. They
 take and return int32 tensors and compute in wrapping int32, which is the spec's own arithmetic
 (every wrap of the spec is modulo 2**32, and +, - and * commute with it); int64 appears only
-inside a widening 32 x 32 -> 64-bit multiply whose result is consumed at once. Keeping the
-epilogue in 32-bit registers is what lets 128x256 GEMM tiles compile without spills on sm_90
-(benchmarks/triton_compile_report.py): the int64 epilogue they replaced needed two registers
-for every accumulator.
+in the products of the two multiplies (a widening 32 x 32 -> 64-bit multiply, then a rounding
+add and shift) and is narrowed at once. Keeping the epilogue in 32-bit registers is what lets
+256x128 GEMM tiles compile without spills on sm_90 (benchmarks/triton_compile_report.py): the
+int64 epilogue it replaced needed two registers for every accumulator.
+
+The wraps are intended, so Triton's debug mode (TRITON_DEBUG=1), which checks every int32
++, - and * for overflow, flags correct kernels; they are not meant to run under it.
 
 Why only these operations: a kernel runs either compiled (PTX) or, for testing, under Triton's
 interpreter (numpy). Integer division, remainder and right shifts of negative numbers can
@@ -46,8 +49,7 @@ def saturating_rounding_doubling_high_mul(a, b):
 def rounding_divide_by_pot(x, exponent):
     """gemmlowp's RoundingDivideByPOT: x / 2**exponent to nearest, ties away from zero.
     x and exponent int32, exponent in [0, 31]."""
-    one = exponent - exponent + 1  # int32 one of exponent's shape
-    mask = (one << exponent) - 1  # exponent 31: 2**31 wraps to INT32_MIN, minus 1 is INT32_MAX
+    mask = 2147483647 >> (31 - exponent)  # 2**exponent - 1
     remainder = x & mask
     threshold = (mask >> 1) + (x < 0).to(tl.int32)
     return (x >> exponent) + (remainder > threshold).to(tl.int32)

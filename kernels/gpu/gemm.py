@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .configs import gemm_configs, row_sum_blocks
+from .configs import gemm_configs, row_sum_blocks, smallest_gemm_block_m
 from .fixedpoint import MAX_EXACT_DOT_LENGTH, exact_dot_length, requantize, unpack_int4_rows
 
 
@@ -176,7 +176,7 @@ def qlinear_kernel(
 
 
 # M below this leaves row M free in every config's tile (ONES_ROW).
-SMALLEST_BLOCK_M = min(config.kwargs["BLOCK_M"] for config in qlinear_kernel.configs)
+SMALLEST_BLOCK_M = smallest_gemm_block_m()
 
 
 def wrap_int32_host(value: int) -> int:
@@ -207,7 +207,9 @@ def qlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
         column_term = row_sums(w, K, packed=packed, scale=wrap_int32_host(-input_zero_point),
                                offset=column_term)
     x_sums = row_sums(x, K, packed=False) if weight_zero_point != 0 else None
-    grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)  # noqa: E731
+    def grid(meta):
+        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(N, meta["BLOCK_N"]),)
+
     qlinear_kernel[grid](
         x, w, column_term if column_term is not None else multiplier, multiplier, shift,
         x_sums if x_sums is not None else multiplier, y,
@@ -216,7 +218,8 @@ def qlinear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
         0 if multiplier.numel() == 1 else 1,
         input_zero_point, weight_zero_point,
         wrap_int32_host(K * weight_zero_point * input_zero_point), output_zero_point, act_min,
-        act_max, HAS_COLUMN_TERM=column_term is not None, ONES_ROW=ones_row, PACKED=packed, HAS_WZP=weight_zero_point != 0,
-        SINGLE_ROUNDING=rounding == "single", LONG_K=K > MAX_EXACT_DOT_LENGTH,
+        act_max, HAS_COLUMN_TERM=column_term is not None, ONES_ROW=ones_row, PACKED=packed,
+        HAS_WZP=weight_zero_point != 0, SINGLE_ROUNDING=rounding == "single",
+        LONG_K=K > MAX_EXACT_DOT_LENGTH,
     )
     return y

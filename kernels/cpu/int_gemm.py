@@ -496,13 +496,16 @@ def gemv_requant(x, weight, int4, bias, input_zero_point, multiplier, shift, par
     rows, length = x.shape
     out_channels = weight.shape[0]
     z_y, act_min, act_max, single = params
-    u = np.empty(rows * length, np.uint8)
+    # Rows one cache line apart modulo 4 KB: at a power-of-two row length the 16 rows would
+    # share one L1 set (8 ways) and evict each other on every chunk.
+    row_stride = -(-length // GEMV_CHUNK) * GEMV_CHUNK + GEMV_CHUNK
+    u = np.empty(rows * row_stride, np.uint8)
     for r in range(rows):
         for k in range(length):
-            u[r * length + k] = np.uint8(x[r, k]) ^ np.uint8(0x80)
+            u[r * row_stride + k] = np.uint8(x[r, k]) ^ np.uint8(0x80)
     row_offsets = np.empty(GEMV_ROWS, np.int64)
     for r in range(GEMV_ROWS):  # rows past the end repeat the last one (not stored)
-        row_offsets[r] = min(r, rows - 1) * length
+        row_offsets[r] = min(r, rows - 1) * row_stride
     chunks = length // GEMV_CHUNK
     row_elements = 2 * weight.shape[1] if int4 else weight.shape[1]
     zero_point_term = wrap_int32(128 + input_zero_point)
@@ -522,7 +525,7 @@ def gemv_requant(x, weight, int4, bias, input_zero_point, multiplier, shift, par
             w = np.int64(_nibble(weight, c, k)) if int4 else np.int64(weight[c, k])
             weight_sum += w
             for r in range(rows):
-                tail[r] += w * np.int64(u[r * length + k])
+                tail[r] += w * np.int64(u[r * row_stride + k])
         correction = wrap_int32(bias[c] - wrap_int32(zero_point_term * wrap_int32(weight_sum)))
         for r in range(rows):
             acc = wrap_int32(np.int64(dots[r]) + tail[r] + correction)

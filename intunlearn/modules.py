@@ -54,17 +54,33 @@ class QuantModule(nn.Module):
         self.register_qparams("output")
 
     def register_qparams(self, prefix: str):
-        """Buffers `<prefix>_scale` and `<prefix>_zero_point` (saved in the state dict)."""
+        """Buffers `<prefix>_scale` and `<prefix>_zero_point` (saved in the state dict), and
+        their values as Python numbers for torch.compile (see qparams)."""
         self.register_buffer(f"{prefix}_scale", torch.tensor(1.0, dtype=torch.float64))
         self.register_buffer(f"{prefix}_zero_point", torch.tensor(0, dtype=torch.int64))
+        self.__dict__.setdefault("_qparams_values", {})[prefix] = qp.ActivationQParams(1.0, 0)
 
     def qparams(self, prefix: str) -> qp.ActivationQParams:
-        return qp.ActivationQParams(float(getattr(self, f"{prefix}_scale")),
-                                    int(getattr(self, f"{prefix}_zero_point")))
+        """The buffers' values. Eager calls read the buffers (the truth) and remember them as
+        Python numbers; under torch.compile those numbers are used, constants to Dynamo
+        (reading a buffer's value there is data-dependent and breaks the graph). set_qparams
+        and load_state_dict keep them current."""
+        if torch.compiler.is_compiling():
+            return self._qparams_values[prefix]
+        q = qp.ActivationQParams(float(getattr(self, f"{prefix}_scale")),
+                                 int(getattr(self, f"{prefix}_zero_point")))
+        self._qparams_values[prefix] = q
+        return q
 
     def set_qparams(self, prefix: str, q: qp.ActivationQParams):
         getattr(self, f"{prefix}_scale").fill_(q.scale)
         getattr(self, f"{prefix}_zero_point").fill_(q.zero_point)
+        self._qparams_values[prefix] = q
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        for prefix in self._qparams_values:
+            self.qparams(prefix)  # refresh the Python numbers from the loaded buffers
 
     def observe(self, output):
         low, high = self.observed_range.tolist()
@@ -135,7 +151,7 @@ class _WeightedLayer(QuantModule):
         if self.activation in ("relu", "relu6"):
             act_min = max(act_min, q.zero_point)
         if self.activation == "relu6":
-            act_max = min(act_max, q.zero_point + int(qp.round_half_away(torch.tensor(6.0 / q.scale))))
+            act_max = min(act_max, q.zero_point + qp.round_half_away_scalar(6.0 / q.scale))
         return act_min, act_max
 
     def float_activation(self, y):
@@ -339,7 +355,7 @@ class QuantAdd(QuantModule):
         self.set_qparams(name, q)
 
     def activation_range(self):
-        return (max(-128, int(self.output_zero_point)) if self.activation == "relu" else -128), 127
+        return (max(-128, self.output_qparams.zero_point) if self.activation == "relu" else -128), 127
 
     def forward(self, a, b):
         y_float = a + b

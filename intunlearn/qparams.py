@@ -9,6 +9,8 @@ int32 at scale s_x * s_w[c]. Rounding is to nearest with ties away from zero, as
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -26,12 +28,26 @@ def weight_max(bits: int) -> int:
 
 
 def _cpu_kernels():
-    """The Numba quantization kernels, or None where numba is not installed."""
+    """The Numba quantization kernels, or None where numba is not installed or while
+    torch.compile traces (Dynamo cannot trace a Numba call; the torch code that replaces them
+    gives the same bits and compiles into the graph)."""
+    if torch.compiler.is_compiling():
+        return None
     try:
         from intunlearn.kernels.cpu import quantize as kernels
     except ImportError:
         return None
     return kernels
+
+
+def round_half_away_scalar(value: float) -> int:
+    """round_half_away of one Python float, in exact float64 steps (value - floor(value) is
+    exact), so that it is a constant to torch.compile."""
+    floor = math.floor(value)
+    fraction = value - floor
+    if fraction > 0.5 or (fraction == 0.5 and value > 0):
+        return floor + 1
+    return floor
 
 
 def round_half_away(values: torch.Tensor) -> torch.Tensor:
@@ -136,7 +152,9 @@ def dequantize(q: torch.Tensor, scale, zero_point=0, axis: int | None = None) ->
 
 
 def _along(value, like: torch.Tensor, axis: int | None):
-    value = torch.as_tensor(value, dtype=torch.float64, device=like.device)
+    if not isinstance(value, torch.Tensor):  # a Python number acts as a float64 scalar
+        return float(value)
+    value = value.to(dtype=torch.float64, device=like.device)
     if axis is None or value.dim() == 0:
         return value
     shape = [1] * like.dim()
@@ -163,6 +181,23 @@ def output_multipliers(input_scale: float, weight_scales: torch.Tensor, output_s
     return quantize_multiplier(input_scale * weight_scales.double() / output_scale)
 
 
+def quantize_multiplier_scalar(real: float) -> tuple[int, int]:
+    """ops.quantize_multiplier of one Python float, in plain Python (so that torch.compile
+    folds it to a constant): real = multiplier * 2**(shift - 31), multiplier in [2**30, 2**31)
+    or 0, ties of the 31-bit fraction rounded away from zero; (0, 0) below 2**-32."""
+    if not math.isfinite(real) or real < 0:
+        raise ValueError(f"real multiplier must be finite and >= 0, got {real}")
+    fraction, exponent = math.frexp(real)  # real = fraction * 2**exponent, fraction in [0.5, 1)
+    fixed = round_half_away_scalar(fraction * 2.0**31)  # exact scaling
+    if fixed == 2**31:  # the fraction rounded up to 1.0
+        fixed, exponent = fixed // 2, exponent + 1
+    if real == 0 or exponent < -31:
+        return 0, 0
+    if exponent > 30:
+        raise ValueError(f"real multiplier must round to below 2**30 (shift <= 30), got {real}")
+    return fixed, exponent
+
+
 def add_params(a: ActivationQParams, b: ActivationQParams, out: ActivationQParams, left_shift: int = 20):
     """Keyword arguments for ops.qadd, derived as TFLite's ADD Prepare does for int8.
 
@@ -174,6 +209,5 @@ def add_params(a: ActivationQParams, b: ActivationQParams, out: ActivationQParam
               "output_zero_point": out.zero_point, "left_shift": left_shift}
     for prefix, real in (("a", a.scale / twice_max_scale), ("b", b.scale / twice_max_scale),
                          ("output", twice_max_scale / ((1 << left_shift) * out.scale))):
-        multiplier, shift = quantize_multiplier(real)
-        params[f"{prefix}_multiplier"], params[f"{prefix}_shift"] = int(multiplier), int(shift)
+        params[f"{prefix}_multiplier"], params[f"{prefix}_shift"] = quantize_multiplier_scalar(real)
     return params

@@ -163,3 +163,26 @@ def test_dequantize_activation_is_the_float64_product_rounded_once(codes, scale,
     q = torch.tensor(codes, dtype=torch.int8)
     assert torch.equal(qparams.dequantize_activation(q, scale, zero_point),
                        (scale * (q.double() - zero_point)).float())
+
+
+@given(st.floats(0, 2.0**30, allow_nan=False, allow_infinity=False)
+       | st.floats(2.0**-40, 2.0**-28) | st.integers(-40, 29).map(lambda e: 2.0**e)
+       | st.tuples(st.integers(2**30, 2**31 - 1), st.integers(-45, 29)).map(
+           lambda pair: (pair[0] + 0.5) * 2.0**(pair[1] - 31)))  # exact ties of the fraction
+def test_scalar_quantize_multiplier_matches_the_reference(real):
+    """The plain-Python QuantizeMultiplier (torch.compile folds it) gives the reference's
+    (multiplier, shift), rounding ties, carries to 2**31 and the underflow to (0, 0) included."""
+    from intunlearn import ops
+    try:
+        expected = tuple(int(v) for v in ops.quantize_multiplier(real))
+    except ValueError:
+        with pytest.raises(ValueError):
+            qparams.quantize_multiplier_scalar(real)
+        return
+    assert qparams.quantize_multiplier_scalar(real) == expected
+
+
+@given(st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-1000, 1000).map(lambda n: n + 0.5))
+def test_scalar_round_half_away_matches_the_tensor_version(value):
+    expected = int(qparams.round_half_away(torch.tensor(value, dtype=torch.float64)))
+    assert qparams.round_half_away_scalar(value) == expected

@@ -209,6 +209,31 @@ def test_torch_compile_backend_forward_and_backward_fullgraph():
     assert not torch.equal(out, model(x))
 
 
+@pytest.mark.parametrize("mode", ["integer", "fake"])
+def test_a_converted_model_compiles_fullgraph_with_the_eager_bits(mode):
+    """torch.compile(fullgraph=True) of a whole converted model (input quantizer, residual add,
+    pooling): the compiled forward gives the eager bits, and in integer arithmetic so does the
+    STE backward (custom ops); fake-quant's float backward is fused by Inductor, so it agrees to
+    float32 rounding. While Dynamo traces, the quantizers take their torch code instead of the
+    Numba kernels it cannot trace, and the layers' quantization parameters are constants."""
+    model = intunlearn.quantize(residual_net(), weight_bits=4, calibration=images(32), mode=mode)
+    model.train()
+    x = images(5, seed=7)
+    eager = model(x)
+    eager.square().sum().backward()
+    eager_grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)(x)
+    assert torch.equal(compiled, eager)
+    compiled.square().sum().backward()
+    for name, p in model.named_parameters():
+        if mode == "integer":
+            assert torch.equal(p.grad, eager_grads[name]), name
+        else:
+            torch.testing.assert_close(p.grad, eager_grads[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 class Gated(nn.Module):
     def __init__(self):
         super().__init__()

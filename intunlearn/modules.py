@@ -50,6 +50,7 @@ class QuantModule(nn.Module):
         self.backend = backend
         self.observing = False
         self.sample_weights_for_backward = None
+        self._qparams_values: dict[str, qp.ActivationQParams] = {}  # see qparams
         self.register_buffer("observed_range", torch.tensor([math.inf, -math.inf], dtype=torch.float64))
         self.register_qparams("output")
 
@@ -58,7 +59,7 @@ class QuantModule(nn.Module):
         their values as Python numbers for torch.compile (see qparams)."""
         self.register_buffer(f"{prefix}_scale", torch.tensor(1.0, dtype=torch.float64))
         self.register_buffer(f"{prefix}_zero_point", torch.tensor(0, dtype=torch.int64))
-        self.__dict__.setdefault("_qparams_values", {})[prefix] = qp.ActivationQParams(1.0, 0)
+        self._qparams_values[prefix] = qp.ActivationQParams(1.0, 0)
 
     def qparams(self, prefix: str) -> qp.ActivationQParams:
         """The buffers' values. Eager calls read the buffers (the truth) and remember them as

@@ -234,6 +234,17 @@ def test_a_converted_model_compiles_fullgraph_with_the_eager_bits(mode):
             torch.testing.assert_close(p.grad, eager_grads[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_loaded_quantization_parameters_reach_the_compiled_model():
+    """torch.compile sees the layers' parameters as Python constants; load_state_dict must
+    refresh them, or a compiled model would keep computing with the old grid."""
+    source = intunlearn.quantize(residual_net(seed=0), calibration=images(32))
+    target = intunlearn.quantize(residual_net(seed=0), calibration=images(32, seed=9) * 3)
+    x = images(4, seed=3)
+    target.load_state_dict(source.state_dict())
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(target, fullgraph=True)(x), source(x))
+
+
 class Gated(nn.Module):
     def __init__(self):
         super().__init__()

@@ -71,53 +71,105 @@ def integer_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
+def _quantized_modules(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    kinds = (_WeightedLayer, QuantAdd, InputQuantizer, QuantAvgPool2d)
+    return {name: module for name, module in model.named_modules() if isinstance(module, kinds)}
+
+
 def load_integer_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load an exported integer state into a converted model of the same structure, in place."""
+    """Load an exported integer state into a converted model of the same structure, in place.
+
+    Every quantized module of the model must have its entries in the state and no other
+    module may appear; each loaded layer must reproduce the stored integers (weights, bias,
+    multipliers) exactly. On any error the model is left as it was."""
     if int(state.get("format_version", -1)) != FORMAT_VERSION:
         raise ValueError(f"state: unknown format_version {state.get('format_version')}, expected {FORMAT_VERSION}")
-    modules = dict(model.named_modules())
+    modules = _quantized_modules(model)
     names = {key.rsplit(".", 1)[0] for key in state if "." in key}
-    missing = names - set(modules)
-    if missing:
-        raise ValueError(f"state has entries for modules the model lacks: {sorted(missing)}")
-    for name in names:
-        module, entry = modules[name], (lambda key, n=name: state[f"{n}.{key}"])
-        q = lambda prefix: qp.ActivationQParams(float(entry(f"{prefix}_scale")), int(entry(f"{prefix}_zero_point")))  # noqa: E731
-        if isinstance(module, _WeightedLayer):
-            _load_layer(module, name, state, entry, q)
-        elif isinstance(module, QuantAdd):
-            module.set_input_qparams("a", q("a"))
-            module.set_input_qparams("b", q("b"))
-            module.set_output_qparams(q("output"))
-        else:
-            module.set_output_qparams(q("output"))
+    if names - set(modules):
+        raise ValueError(f"state has entries for modules the model lacks: {sorted(names - set(modules))}")
+    if set(modules) - names:
+        raise ValueError(f"state lacks the quantized modules {sorted(set(modules) - names)} of the model")
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    try:
+        for name in sorted(names):
+            _load_module(modules[name], name, state)
+    except Exception:
+        model.load_state_dict(before)
+        raise
 
 
-def _load_layer(layer, name, state, entry, q):
+def _load_module(module, name, state):
+    def entry(key, dtype=None):
+        full = f"{name}.{key}"
+        if full not in state:
+            raise ValueError(f"state lacks the entry {full!r}")
+        value = state[full]
+        if not isinstance(value, torch.Tensor) or (dtype is not None and value.dtype not in dtype):
+            raise ValueError(f"state entry {full!r} must be a tensor of dtype "
+                             f"{' or '.join(map(str, dtype or ()))}, got "
+                             f"{getattr(value, 'dtype', type(value).__name__)}")
+        return value
+
+    def q(prefix):
+        return qp.ActivationQParams(float(entry(f"{prefix}_scale")), int(entry(f"{prefix}_zero_point")))
+
+    if isinstance(module, _WeightedLayer):
+        _load_layer(module, name, entry, q)
+    elif isinstance(module, QuantAdd):
+        module.set_input_qparams("a", q("a"))
+        module.set_input_qparams("b", q("b"))
+        module.set_output_qparams(q("output"))
+    else:
+        module.set_output_qparams(q("output"))
+
+
+def _load_layer(layer, name, entry, q):
     if int(entry("weight_bits")) != layer.weight_bits:
         raise ValueError(f"{name}: state has {int(entry('weight_bits'))}-bit weights, the model {layer.weight_bits}-bit")
     layer.set_input_qparams(q("input"))
     layer.set_output_qparams(q("output"))
     with torch.no_grad():
-        if f"{name}.float_weight" in state:
-            layer.weight.copy_(entry("float_weight"))
+        if layer.pinned_float:  # a layer kept in float is stored as float weights
+            _copy_exact(layer.weight, entry("float_weight"), f"{name}.float_weight")
             if layer.bias is not None:
-                layer.bias.copy_(entry("float_bias"))
+                _copy_exact(layer.bias, entry("float_bias"), f"{name}.float_bias")
             return
         shape = tuple(entry("weight_shape").tolist())
-        values = entry("weight")
+        if shape != tuple(layer.weight.shape):
+            raise ValueError(f"{name}: state has weights of shape {shape}, the model {tuple(layer.weight.shape)}")
+        values = entry("weight", (torch.uint8,) if layer.weight_bits == 4 else (torch.int8,))
+        length = int(torch.tensor(shape[1:]).prod())
+        stored = (shape[0], (length + 1) // 2) if layer.weight_bits == 4 else shape
+        if tuple(values.shape) != stored:
+            raise ValueError(f"state entry '{name}.weight' must have shape {stored}, got {tuple(values.shape)}")
         if layer.weight_bits == 4:
-            values = ops.unpack_int4(values, int(torch.tensor(shape[1:]).prod()))
-        scales = entry("weight_scale")
-        layer.weight_scale.copy_(scales)
+            values = ops.unpack_int4(values, length)
+        scales = entry("weight_scale", (torch.float32, torch.float64))
+        _copy_exact(layer.weight_scale, scales, f"{name}.weight_scale")
         layer.weight.copy_(values.reshape(shape).float() * scales.reshape((-1,) + (1,) * (len(shape) - 1)))
         if layer.bias is not None:
             bias_scale = q("input").scale * scales.double()
-            layer.bias.copy_((entry("bias").double() * bias_scale).float())
-    multiplier, shift = integer_params(layer.weight, layer.bias, layer.weight_scale, q("input").scale,
-                                       q("output").scale, layer.weight_bits)[2:]
-    if not (torch.equal(multiplier, entry("multiplier")) and torch.equal(shift, entry("shift"))):
+            layer.bias.copy_((entry("bias", (torch.int32,)).double() * bias_scale).float())
+    w_q, b_q, multiplier, shift = integer_params(layer.weight, layer.bias, layer.weight_scale,
+                                                 q("input").scale, q("output").scale, layer.weight_bits)
+    if not torch.equal(w_q.flatten(1), values.reshape(shape[0], -1)):
+        raise ValueError(f"{name}: the stored weights are not reproduced by the stored scales")
+    if b_q is not None and not torch.equal(b_q, entry("bias")):
+        worst = int((b_q.long() - entry("bias").long()).abs().argmax())
+        raise ValueError(f"{name}: the stored int32 bias {int(entry('bias')[worst])} (channel {worst}) "
+                         f"does not survive the float32 latent bias at its scale (it would become "
+                         f"{int(b_q[worst])}); biases beyond 2**24 need a coarser scale")
+    if not (torch.equal(multiplier, entry("multiplier", (torch.int32,)))
+            and torch.equal(shift, entry("shift", (torch.int32,)))):
         raise ValueError(f"{name}: the stored multipliers do not follow from the stored scales")
+
+
+def _copy_exact(target: torch.Tensor, source: torch.Tensor, name: str) -> None:
+    if tuple(source.shape) != tuple(target.shape) or not source.is_floating_point():
+        raise ValueError(f"state entry {name!r} must be a floating tensor of shape "
+                         f"{tuple(target.shape)}, got {source.dtype} {tuple(source.shape)}")
+    target.copy_(source)
 
 
 def save_integer_state(model: torch.nn.Module, path) -> None:

@@ -198,10 +198,17 @@ def _lsq_scale_grad(grad_weight_real, slope, weight_bits):
 # (stride, padding, dilation, groups) for a convolution, in the custom ops' argument order.
 
 
-def _check_layer_inputs(x: Tensor, weight: Tensor, bias, weight_scale: Tensor, params, geometry) -> None:
+def _check_layer_inputs(x: Tensor, weight: Tensor, bias, weight_scale: Tensor, params, geometry,
+                        sample_weights=None) -> None:
     """The checks of intunlearn.ops that the inputs of a training op can fail (the int8
     tensors derived from them are valid by construction, so the integer op is called on the
-    backend directly)."""
+    backend directly), and the per-sample weights' shape: the kernels index them by sample."""
+    if sample_weights is not None and (sample_weights.dim() != 1 or x.dim() == 0
+                                       or sample_weights.shape[0] != x.shape[0]
+                                       or not sample_weights.is_floating_point()):
+        raise ValueError(f"sample_weights must be a floating tensor [{x.shape[0] if x.dim() else 'N'}] "
+                         f"(one per sample of x), got {sample_weights.dtype} "
+                         f"{tuple(sample_weights.shape)}")
     check.integer("input_zero_point", params[1])
     check.integer("output_zero_point", params[3])
     act_min, act_max, _, rounding = params[4:8]
@@ -227,14 +234,14 @@ def _check_layer_inputs(x: Tensor, weight: Tensor, bias, weight_scale: Tensor, p
                          f"smaller than the dilated kernel {tuple(weight.shape[2:])} x {dilation}")
 
 
-def _integer_forward(x, weight, bias, weight_scale, params, geometry, *, weight_mask=False,
-                     weight_slope=False):
+def _integer_forward(x, weight, bias, weight_scale, params, geometry, *, sample_weights=None,
+                     weight_mask=False, weight_slope=False):
     """Real input -> quantize -> integer layer on the backend. Returns the float32 output and
     what the backward needs: (y_real, (x_q, x_inside, w_q, w_inside, w_slope, y_q)), the
     weight mask / LSQ slope None unless asked for."""
     (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max, weight_bits,
      rounding, backend) = params
-    _check_layer_inputs(x, weight, bias, weight_scale, params, geometry)
+    _check_layer_inputs(x, weight, bias, weight_scale, params, geometry, sample_weights)
     x_q, x_inside = quantize_input(x, input_scale, input_zero_point)
     w_q, w_inside, w_slope = quantize_weight(weight, weight_scale, weight_bits, mask=weight_mask,
                                              slope=weight_slope)
@@ -311,6 +318,7 @@ class _EagerIntegerLayer(torch.autograd.Function):
     def forward(ctx, x, weight, bias, weight_scale, sample_weights, params, geometry):
         needs = ctx.needs_input_grad
         y, saved = _integer_forward(x, weight, bias, weight_scale, params, geometry,
+                                    sample_weights=sample_weights,
                                     weight_mask=needs[1] or needs[2], weight_slope=needs[3])
         ctx.save_for_backward(*saved, weight, bias, weight_scale, sample_weights)
         ctx.params, ctx.geometry = params, geometry
@@ -385,7 +393,8 @@ def quant_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight_scale
     """Real input [N, IN] -> true-integer linear -> dequantized output [N, OUT] (float32)."""
     params = (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max,
               weight_bits, rounding, backend)
-    return _integer_forward(x, weight, bias, weight_scale, params, ())[0]
+    return _integer_forward(x, weight, bias, weight_scale, params, (),
+                            sample_weights=sample_weights)[0]
 
 
 @quant_linear.register_fake
@@ -454,7 +463,8 @@ def quant_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], weight_scale
     """Real NCHW input -> true-integer convolution -> dequantized output (float32)."""
     params = (input_scale, input_zero_point, output_scale, output_zero_point, act_min, act_max,
               weight_bits, rounding, backend)
-    return _integer_forward(x, weight, bias, weight_scale, params, (stride, padding, dilation, groups))[0]
+    return _integer_forward(x, weight, bias, weight_scale, params, (stride, padding, dilation, groups),
+                            sample_weights=sample_weights)[0]
 
 
 @quant_conv2d.register_fake

@@ -163,6 +163,10 @@ class _WeightedLayer(QuantModule):
         return y
 
     def forward(self, x):
+        alpha = self.sample_weights_for_backward
+        if alpha is not None and alpha.shape[0] != x.shape[0]:
+            raise ValueError(f"sample_weights: alpha has {alpha.shape[0]} entries but the batch "
+                             f"reaching {type(self).__name__} has {x.shape[0]} samples")
         if self.mode == "float" or self.observing:
             y = self.float_activation(self.float_op(x, self.weight, self.bias))
             if self.observing:
@@ -436,6 +440,14 @@ def sample_weights(model: nn.Module, alpha: torch.Tensor | None):
             loss = criterion(model(x), y)   # criterion with reduction="sum" or "mean"
         loss.backward()
     """
+    if alpha is not None:
+        if not isinstance(alpha, torch.Tensor) or not alpha.is_floating_point() or alpha.dim() != 1:
+            described = (f"{alpha.dtype} tensor of shape {tuple(alpha.shape)}"
+                         if isinstance(alpha, torch.Tensor) else type(alpha).__name__)
+            raise TypeError(f"alpha must be a 1-D floating tensor [N] (one weight per sample) or "
+                            f"None, got {described}")
+        if not bool(torch.isfinite(alpha).all()):
+            raise ValueError("alpha must be finite (no NaN or inf per-sample weights)")
     layers = [m for m in model.modules() if isinstance(m, _WeightedLayer)]
     for layer in layers:
         layer.sample_weights_for_backward = None if alpha is None else alpha.detach().float()

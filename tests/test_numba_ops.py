@@ -274,3 +274,15 @@ def test_numba_qconv2d_zero_point_outside_int8_one_output_position(input_zero_po
                   multiplier=torch.tensor([1 << 30], dtype=torch.int32), shift=torch.tensor([-8], dtype=torch.int32))
     got, want = _both(ops.qconv2d, x, weight, None, **params)
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("rows, out_features", [(0, 3), (2, 0), (0, 0)])
+def test_numba_qlinear_empty_shapes_match_reference(bits, rows, out_features):
+    weight = torch.zeros((out_features, 10), dtype=torch.int8)
+    w = ops.pack_int4(weight) if bits == 4 else weight
+    params = dict(input_zero_point=-3, output_zero_point=0, weight_bits=bits,  # per-tensor
+                  multiplier=torch.tensor([1 << 30], dtype=torch.int32),
+                  shift=torch.tensor([0], dtype=torch.int32))
+    got, want = _both(ops.qlinear, torch.zeros((rows, 10), dtype=torch.int8), w, None, **params)
+    assert got.shape == want.shape == (rows, out_features) and got.dtype == torch.int8

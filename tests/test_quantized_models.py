@@ -188,6 +188,36 @@ def test_loading_a_mismatched_state_fails_clearly():
         intunlearn.load_integer_state_dict(intunlearn.quantize(residual_net(), calibration=images(4)), state)
 
 
+def _mlp_state_and_target():
+    state = intunlearn.integer_state_dict(intunlearn.quantize(mlp(), calibration=torch.randn(8, 12)))
+    target = intunlearn.quantize(mlp(seed=3), calibration=torch.randn(8, 12))
+    return state, target
+
+
+def _layer_names(state):
+    return sorted({key.rsplit(".", 1)[0] for key in state if key.endswith(".multiplier")})
+
+
+@pytest.mark.parametrize("corrupt, message", [
+    (lambda s, n: s.update({f"{n[0]}.weight": s[f"{n[0]}.weight"][:1]}), "not reproduced|shape"),
+    (lambda s, n: [s.pop(k) for k in [k for k in s if k.startswith(n[1] + ".")]], "state lacks the quantized modules"),
+    (lambda s, n: s.pop(f"{n[1]}.multiplier"), "state lacks the entry"),
+    (lambda s, n: s.update({f"{n[2]}.weight": s[f"{n[2]}.weight"].float()}), "must be a tensor of dtype torch.int8"),
+    (lambda s, n: s.update({f"{n[2]}.bias": s[f"{n[2]}.bias"] + 2**27}), "does not survive the float32 latent bias"),
+])
+def test_a_bad_state_is_named_and_leaves_the_model_as_it_was(corrupt, message):
+    state, target = _mlp_state_and_target()
+    corrupt(state, _layer_names(state))
+    before = {key: value.clone() for key, value in target.state_dict().items()}
+    x = torch.randn(3, 12)
+    output = target(x)
+    with pytest.raises(ValueError, match=message):
+        intunlearn.load_integer_state_dict(target, state)
+    for key, value in target.state_dict().items():
+        assert torch.equal(value, before[key]), key
+    assert torch.equal(target(x), output)
+
+
 def test_torch_compile_backend_forward_and_backward_fullgraph():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding="same"), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
@@ -288,3 +318,31 @@ def test_compile_backend_keeps_the_gradient_of_the_largest_output():
     top = out.flatten().argmax()
     out.flatten()[top].backward()
     assert layer.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["integer", "fake", "float"])
+@pytest.mark.parametrize("alpha, error, message", [
+    (torch.ones(5), ValueError, "alpha has 5 entries but the batch .* has 6 samples"),
+    (torch.ones(1), ValueError, "alpha has 1 entries"),
+    (torch.ones(6, 1), TypeError, "alpha must be a 1-D floating tensor"),
+    (torch.ones(6, dtype=torch.int64), TypeError, "alpha must be a 1-D floating tensor"),
+    ([1.0] * 6, TypeError, "alpha must be a 1-D floating tensor .* got list"),
+    (torch.tensor([1.0, 1, 1, float("nan"), 1, 1]), ValueError, "alpha must be finite"),
+])
+def test_sample_weights_name_a_bad_alpha(mode, alpha, error, message):
+    """A wrong alpha never reaches the kernels (they index it by sample)."""
+    model = intunlearn.quantize(residual_net(), weight_bits=4, calibration=images(32), mode=mode)
+    x = images(6, seed=5)
+    with pytest.raises(error, match=message):
+        with intunlearn.sample_weights(model, alpha):
+            model(x).sum().backward()
+
+
+def test_training_op_names_sample_weights_of_the_wrong_length():
+    model = intunlearn.quantize(mlp(), calibration=torch.randn(16, 12))
+    layer = modules_of(model, intunlearn.modules.QuantLinear)[0]
+    args = layer._common_op_args(-128, 127)
+    x = torch.randn(4, 12)
+    for entry in (intunlearn.library.apply_quant_linear, torch.ops.intunlearn.quant_linear):
+        with pytest.raises(ValueError, match=r"sample_weights must be a floating tensor \[4\]"):
+            entry(x, layer.weight, layer.bias, layer.weight_scale, torch.ones(3), *args[1:])

@@ -238,7 +238,9 @@ def qlinear(x, weight, bias, *, in_features, input_zero_point, output_zero_point
     - z_x sum w - z_w sum x + K z_x z_w, all in wrapping int32."""
     x_np = x.detach().cpu().contiguous().numpy()
     batch = x_np.shape[0]
-    if 0 < batch <= _microkernel.GEMV_ROWS and weight_zero_point == 0 and kernel_isa() == "vnni":
+    if batch == 0 or weight.shape[0] == 0:
+        return torch.empty((batch, weight.shape[0]), dtype=torch.int8, device=x.device)
+    if batch <= _microkernel.GEMV_ROWS and weight_zero_point == 0 and kernel_isa() == "vnni":
         return torch.from_numpy(_gemv(x_np, weight, bias, input_zero_point, output_zero_point,
                                       multiplier, shift, act_min, act_max, rounding)).to(x.device)
     row_correction, extra = None, 0

@@ -47,6 +47,9 @@ def choice(name: str, value, options) -> None:
 def same_device(**tensors) -> torch.device:
     """All given tensors (None ones skipped) must be on one device; returns it."""
     present = {name: t for name, t in tensors.items() if t is not None}
+    for name, value in present.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
     devices = {t.device for t in present.values()}
     if len(devices) > 1:
         listing = ", ".join(f"{name} on {t.device}" for name, t in present.items())

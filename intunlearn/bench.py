@@ -14,6 +14,7 @@ import torch
 import intunlearn
 from intunlearn.data import load_dataset
 from intunlearn.models import build_model
+from intunlearn.unlearning.engine import check_device
 from intunlearn.unlearning.forget import forget_mask, parse_forget
 from intunlearn.unlearning.methods import UnlearnTask, get_method
 from intunlearn.unlearning.training import TrainConfig, train
@@ -60,17 +61,23 @@ def time_unlearning_epochs(model, task: UnlearnTask, method_name: str, repeats: 
 
 def run_e2e(*, dataset="digits", model_name="cnn", width=None, weight_bits=4, method="rl",
             forget="random:0.1", repeats=3, seed=0, device="cpu", data_root=None) -> dict:
+    # Everything that can be refused is refused before the warm-up training.
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    check_device(str(device))
+    method_unlearner = get_method(method)
     device = torch.device(device)
     data = load_dataset(dataset, root=data_root, seed=seed)
     spec = parse_forget(forget, data.num_classes)
     mask = forget_mask(spec, data.y_train, seed)
     x, y = data.x_train.to(device), data.y_train.to(device)
+    task = UnlearnTask(x[mask.to(device)], y[mask.to(device)], x[~mask.to(device)], y[~mask.to(device)],
+                       data.num_classes, spec.mode, seed, retrain_from_scratch=None)
+    method_unlearner.check(task)  # e.g. a class-wise method with random forgetting
     torch.manual_seed(seed)
     float_model = build_model(model_name, data.input_shape, data.num_classes, width).to(device)
     train(float_model, x, y, TrainConfig(2, 0.05), seed=seed, desc="bench: float warm-up training")
     quantized = intunlearn.quantize(float_model, weight_bits=weight_bits, calibration=x[:1024])
-    task = UnlearnTask(x[mask.to(device)], y[mask.to(device)], x[~mask.to(device)], y[~mask.to(device)],
-                       data.num_classes, spec.mode, seed, retrain_from_scratch=None)
     rows = {}
     for arithmetic in ARITHMETICS:
         model = intunlearn.set_arithmetic(copy.deepcopy(quantized), arithmetic)

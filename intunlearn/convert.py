@@ -18,7 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from intunlearn import _checks as check
+from intunlearn import ops
 from intunlearn import qparams as qp
+from intunlearn.backends import BACKENDS
 from intunlearn.modules import (InputQuantizer, QuantAdd, QuantAvgPool2d, QuantConv2d, QuantLinear,
                                 QuantModule, _WeightedLayer, set_arithmetic)
 
@@ -47,6 +50,12 @@ def quantize(model: nn.Module, *, weight_bits: int = 8, act_bits: int = 8, calib
     if act_bits != 8:
         raise ValueError(f"act_bits must be 8 (int8 activations), got {act_bits!r}")
     qp.weight_max(weight_bits)  # validates weight_bits
+    check.choice("mode", mode, ("integer", "fake", "float"))
+    check.choice("backend", backend, ("auto", *BACKENDS))
+    check.choice("rounding", rounding, ops.ROUNDINGS)
+    if isinstance(calibration, torch.Tensor) and (calibration.dim() == 0 or calibration.shape[0] == 0):
+        raise ValueError(f"calibration must provide at least one input, got a tensor of shape "
+                         f"{tuple(calibration.shape)}")
     keep_float = set(keep_float)
     graph_module = fx.symbolic_trace(copy.deepcopy(model).eval())
     unknown = keep_float - {name for name, _ in graph_module.named_modules()}

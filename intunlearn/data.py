@@ -324,7 +324,8 @@ def _missing_error(name: str, folders: list[Path], files: list[str], source: str
     return FileNotFoundError(
         f"{name}: {', '.join(files)} not found in {' or '.join(str(f) for f in folders)}. "
         f"Put the official files there (pass root=... or set $INTUNLEARN_DATA to use another "
-        f"folder), or pass download=True to fetch them from {source}.")
+        f"folder), or fetch them from {source} with intunlearn.data.load_dataset(..., "
+        f"download=True) in Python.")
 
 
 # --------------------------------------------------------------------------------------------

@@ -94,6 +94,9 @@ def fake_quant_forward(layer: QuantLinearLayer, x_real: torch.Tensor, in_feature
 
 def run_demo(weight_bits: int = 4, hidden: int = 64, epochs: int = 40, seed: int = 0,
              backend: str = "auto") -> dict:
+    for name, value in (("hidden", hidden), ("epochs", epochs)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     x_train, y_train, x_test, y_test = load_digits_split(seed)
     model = train_mlp(x_train, y_train, hidden, epochs, seed)
     first, second = model[0], model[2]

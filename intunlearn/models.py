@@ -81,5 +81,8 @@ def build_model(name: str, input_shape, num_classes: int, width: int | None = No
     """A freshly initialised model; width None keeps the model's default."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+    if width is not None and name == "mlp" and width < 2:
+        raise ValueError(f"width must be >= 2 for the mlp (its second layer has width // 2 units), "
+                         f"got {width}")
     kwargs = {} if width is None else {"width": width}
     return MODELS[name](tuple(input_shape), num_classes, **kwargs)

@@ -122,6 +122,7 @@ BAD_LINEAR = [
     (dict(multiplier=torch.full((3,), 2**30, dtype=torch.int64)), TypeError, "multiplier must have dtype torch.int32"),
     (dict(shift=torch.full((3,), 31, dtype=I32)), ValueError, "shift has values outside [-31, 30]"),
     (dict(shift=torch.full((3,), -32, dtype=I32)), ValueError, "shift has values outside [-31, 30]"),
+    (dict(shift=-5), TypeError, "shift must be a torch.Tensor, got int"),
     (dict(input_zero_point=0.5), TypeError, "input_zero_point must be a Python int"),
     (dict(input_zero_point=2**31), ValueError, "input_zero_point must lie in"),
     (dict(output_zero_point=True), TypeError, "output_zero_point must be a Python int"),

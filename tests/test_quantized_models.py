@@ -302,6 +302,10 @@ def test_unsupported_layers_are_named(model, message):
     (dict(act_bits=4), ValueError, "act_bits must be 8"),
     (dict(keep_float=["nope"]), ValueError, "keep_float names modules that do not exist: ['nope']"),
     (dict(calibration=[]), ValueError, "calibration must provide at least one batch"),
+    (dict(calibration=torch.zeros(0, 12)), ValueError, "calibration must provide at least one input"),
+    (dict(backend="gpu"), ValueError, "backend must be one of"),
+    (dict(rounding="floor"), ValueError, "rounding must be one of"),
+    (dict(mode="int8"), ValueError, "mode must be one of"),
 ])
 def test_quantize_rejects_bad_arguments(kwargs, error, message):
     arguments = dict(calibration=torch.randn(4, 12))

@@ -243,3 +243,69 @@ def test_cached_models_are_not_reused_for_other_data(tmp_path):
 def test_bad_experiment_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         tiny_config(**overrides).validate()
+
+
+def test_forgetting_a_class_without_training_samples_is_refused():
+    y_train = torch.tensor([0, 1, 1, 0, 2])
+    with pytest.raises(ValueError, match=r"no training sample has class \[3\]"):
+        forget_mask(parse_forget("class:3", 4), y_train, seed=0)
+
+
+def test_json_output_is_strict_and_readable_by_others(tmp_path):
+    """NaN (a metric with too few samples) is written as null, which strict parsers accept;
+    the file gets the permissions a plain open would give, not mkstemp's 0600."""
+    import json
+    import os
+
+    from intunlearn.io import write_json_atomic
+
+    path = tmp_path / "out.json"
+    write_json_atomic(path, {"MIA-NN": float("nan"), "rows": [1.5, float("inf"), (2, -float("inf"))]})
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"MIA-NN": None, "rows": [1.5, None, [2, None]]}
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--device", "tpu"], "device must be 'cpu' or 'cuda"),
+    (["run", "--model", "mlp", "--width", "1"], "width must be >= 2 for the mlp"),
+    (["bench", "e2e", "--device", "cuda:0"] if not torch.cuda.is_available() else ["bench", "e2e", "--device", "tpu"],
+     "device"),
+    (["bench", "e2e", "--repeats", "0"], "repeats must be >= 1"),
+    (["bench", "e2e", "--method", "salsa"], "unknown method 'salsa'"),
+    (["bench", "e2e", "--method", "trw"], "supports forget modes"),
+    (["demo", "--hidden", "0"], "hidden must be an integer >= 1"),
+    (["demo", "--epochs", "-3"], "epochs must be an integer >= 1"),
+])
+def test_cli_refuses_bad_options_by_name(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_run_names_a_bad_out_or_progress_file(tmp_path, capsys):
+    x, y = blobs(2)
+    x_test, y_test = blobs(3, per_class=10)
+    data = tmp_path / "blobs.npz"
+    np.savez(data, x=(x.numpy() * 255).astype(np.uint8), y=y.numpy(),
+             x_test=(x_test.numpy() * 255).astype(np.uint8), y_test=y_test.numpy())
+    common = ["run", "--dataset", f"npz:{data}", "--model", "mlp", "--width", "8", "--methods", "ft",
+              "--epochs", "1", "--qat-epochs", "0", "--unlearn-epochs", "1",
+              "--cache-dir", str(tmp_path / "cache")]
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    assert main([*common, "--out", str(a_file)]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "progress.json").write_text("[1, 2]")
+    assert main([*common, "--out", str(out)]) == 2
+    assert "progress.json is not a progress file" in capsys.readouterr().err
+    (out / "progress.json").write_text("{not json")
+    assert main([*common, "--out", str(out)]) == 2
+    assert "progress.json is not valid JSON" in capsys.readouterr().err

@@ -79,9 +79,20 @@ class ExperimentConfig:
         for name, value in (("lr", self.lr), ("unlearn_lr", self.unlearn_lr)):
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite positive number, got {value}")
-        if torch.device(self.device).type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"device {self.device!r} is not available (no CUDA device)")
+        check_device(self.device)
         return self
+
+
+def check_device(device: str) -> None:
+    """device must be "cpu" or an available CUDA device ("cuda", "cuda:1")."""
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        kind = None
+    if kind not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} is not available (no CUDA device)")
 
 
 def data_fingerprint(*tensors) -> str:
@@ -148,7 +159,11 @@ class Experiment:
         c = self.config
         if path.exists():
             model = self._quantize(float_model, x)
-            model.load_state_dict(torch.load(path, weights_only=True, map_location=self.device))
+            try:
+                model.load_state_dict(torch.load(path, weights_only=True, map_location=self.device))
+            except Exception as error:  # a truncated or foreign file: say which one
+                raise ValueError(f"the cached model {path} cannot be loaded ({type(error).__name__}: "
+                                 f"{error}); delete it to train it again") from None
             return model.eval()
         train(float_model, x, y, TrainConfig(c.pretrain_epochs, c.lr, c.batch_size), seed=seed,
               desc=f"{role}: float pre-training")
@@ -195,6 +210,8 @@ class Experiment:
 def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None) -> dict:
     """Run (or resume) the experiment; writes results.json, results.csv and results.png to out_dir."""
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out: {out_dir} exists and is not a directory")
     experiment = Experiment(config, cache_dir, data)
     for name in config.methods:
         get_method(name).check(experiment.task())
@@ -203,7 +220,14 @@ def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None) -> d
         experiment.data.x_train, experiment.data.y_train, experiment.data.x_test, experiment.data.y_test)})
     progress = {"config_hash": key, "methods": {}}
     if progress_path.exists():
-        saved = json.loads(progress_path.read_text())
+        try:
+            saved = json.loads(progress_path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{progress_path} is not valid JSON ({error}); delete it to start the "
+                             f"run over") from None
+        if not isinstance(saved, dict) or not isinstance(saved.get("methods", {}), dict):
+            raise ValueError(f"{progress_path} is not a progress file of intunlearn run; delete it "
+                             f"to start the run over")
         if saved.get("config_hash") == key:
             progress = saved
 

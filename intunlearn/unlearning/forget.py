@@ -44,9 +44,13 @@ def parse_forget(spec: str, num_classes: int) -> ForgetSpec:
 
 
 def forget_mask(spec: ForgetSpec, y_train: torch.Tensor, seed: int) -> torch.Tensor:
-    """Boolean mask [N] of the training samples to forget."""
+    """Boolean mask [N] of the training samples to forget (never empty: ValueError)."""
     if spec.mode == "class":
-        return torch.isin(y_train, torch.tensor(spec.classes))
+        mask = torch.isin(y_train, torch.tensor(spec.classes, dtype=y_train.dtype))
+        if not bool(mask.any()):
+            raise ValueError(f"forget: no training sample has class {list(spec.classes)}, so the "
+                             f"forget set would be empty")
+        return mask
     count = max(1, round(spec.fraction * len(y_train)))
     chosen = torch.randperm(len(y_train), generator=torch.Generator().manual_seed(seed))[:count]
     mask = torch.zeros(len(y_train), dtype=torch.bool)

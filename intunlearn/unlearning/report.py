@@ -10,8 +10,13 @@ from intunlearn.io import write_bytes_atomic
 ARITHMETICS = ("integer", "fake")
 
 
+def _missing(value) -> bool:
+    """None (no retrain to compare with), or NaN (a metric with too few samples to measure)."""
+    return value is None or value != value
+
+
 def _cell(value, digits=1):
-    return "-" if value is None else f"{value:.{digits}f}"
+    return "-" if _missing(value) else f"{value:.{digits}f}"
 
 
 def format_table(results: dict) -> str:
@@ -28,7 +33,7 @@ def format_table(results: dict) -> str:
             values = row[arithmetic]
             cells.append("".join(f"{_cell(values[m]):>7}" for m in metrics) + f"{_cell(values['gap']):>7}")
         gaps = [row[a]["gap"] for a in ARITHMETICS]
-        delta = None if None in gaps else gaps[0] - gaps[1]
+        delta = None if any(_missing(gap) for gap in gaps) else gaps[0] - gaps[1]
         lines.append(f"{row['method']:<9}{cells[0]}  |{cells[1]}  |{_cell(delta, 2):>7}{row['seconds']:>8.1f}")
     return "\n".join(lines)
 
@@ -57,7 +62,9 @@ def write_plot(path, results: dict) -> None:
     positions = range(len(rows))
     for panel, (metric, label) in zip(axes, (("gap", "average gap to retrain (%)"), ("FA", "forget accuracy (%)"))):
         for offset, arithmetic in ((-width / 2, "integer"), (width / 2, "fake")):
-            values = [row[arithmetic][metric] if row[arithmetic][metric] is not None else 0 for row in rows]
+            # a missing value draws no bar (a zero-height bar would read as a perfect gap)
+            values = [float("nan") if _missing(row[arithmetic][metric]) else row[arithmetic][metric]
+                      for row in rows]
             panel.bar([p + offset for p in positions], values, width, label=arithmetic)
         panel.set_xticks(list(positions), names)
         panel.set_ylabel(label)

@@ -94,7 +94,7 @@ def load_integer_state_dict(model: torch.nn.Module, state: dict[str, torch.Tenso
     try:
         for name in sorted(names):
             _load_module(modules[name], name, state)
-    except Exception:
+    except BaseException:  # Ctrl-C included: never leave a half-loaded model
         model.load_state_dict(before)
         raise
 
@@ -105,10 +105,11 @@ def _load_module(module, name, state):
         if full not in state:
             raise ValueError(f"state lacks the entry {full!r}")
         value = state[full]
-        if not isinstance(value, torch.Tensor) or (dtype is not None and value.dtype not in dtype):
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"state entry {full!r} must be a tensor, got {type(value).__name__}")
+        if dtype is not None and value.dtype not in dtype:
             raise ValueError(f"state entry {full!r} must be a tensor of dtype "
-                             f"{' or '.join(map(str, dtype or ()))}, got "
-                             f"{getattr(value, 'dtype', type(value).__name__)}")
+                             f"{' or '.join(map(str, dtype))}, got {value.dtype}")
         return value
 
     def q(prefix):

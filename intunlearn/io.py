@@ -5,17 +5,20 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 
 def write_bytes_atomic(path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, then rename it over `path`."""
+    """Write to a temporary file in the same folder, then rename it over `path`. The file gets
+    the permissions an ordinary open() would give (0666 less the umask), or keeps those of the
+    file it replaces."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    handle, temporary = _create_temporary(path)
     try:
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes it 0600; a plain open would not
+        if path.exists():
+            os.chmod(temporary, path.stat().st_mode & 0o7777)
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -26,10 +29,16 @@ def write_bytes_atomic(path, data: bytes) -> None:
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _create_temporary(path: Path) -> tuple[int, str]:
+    """A new, exclusively created file beside `path` (mode 0666: the system applies the umask,
+    which tempfile.mkstemp's 0600 would not)."""
+    for _ in range(100):
+        name = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary file beside {path}")
 
 
 def json_safe(value):

@@ -50,38 +50,58 @@ class QuantModule(nn.Module):
         self.backend = backend
         self.observing = False
         self.sample_weights_for_backward = None
-        self._qparams_values: dict[str, qp.ActivationQParams] = {}  # see qparams
+        self._qparams_values: dict[str, tuple[str, int]] = {}  # (scale.hex(), zero point): see qparams
         self.register_buffer("observed_range", torch.tensor([math.inf, -math.inf], dtype=torch.float64))
         self.register_qparams("output")
 
     def register_qparams(self, prefix: str):
         """Buffers `<prefix>_scale` and `<prefix>_zero_point` (saved in the state dict), and
-        their values as Python numbers for torch.compile (see qparams)."""
+        their values as Python constants for torch.compile (see qparams)."""
         self.register_buffer(f"{prefix}_scale", torch.tensor(1.0, dtype=torch.float64))
         self.register_buffer(f"{prefix}_zero_point", torch.tensor(0, dtype=torch.int64))
-        self._qparams_values[prefix] = qp.ActivationQParams(1.0, 0)
+        self._remember_qparams(prefix)
 
     def qparams(self, prefix: str) -> qp.ActivationQParams:
-        """The buffers' values. Eager calls read the buffers (the truth) and remember them as
-        Python numbers; under torch.compile those numbers are used, constants to Dynamo
-        (reading a buffer's value there is data-dependent and breaks the graph). set_qparams
-        and load_state_dict keep them current."""
+        """The buffers' values. Under torch.compile, where reading a buffer's value is
+        data-dependent and breaks the graph, the copy kept by set_qparams, load_state_dict and
+        .to()/.float()/... is used instead: the scale as its float.hex() string, so that Dynamo
+        treats it as a constant (a changed float would become symbolic on the recompile, and
+        QuantizeMultiplier's Python math cannot take a symbolic float). Write the parameters
+        through set_qparams or load_state_dict; a buffer written in place is seen by eager
+        calls only."""
         if torch.compiler.is_compiling():
-            return self._qparams_values[prefix]
-        q = qp.ActivationQParams(float(getattr(self, f"{prefix}_scale")),
-                                 int(getattr(self, f"{prefix}_zero_point")))
-        self._qparams_values[prefix] = q
-        return q
+            scale_hex, zero_point = self._qparams_values[prefix]
+            return qp.ActivationQParams(float.fromhex(scale_hex), zero_point)
+        return qp.ActivationQParams(float(getattr(self, f"{prefix}_scale")),
+                                    int(getattr(self, f"{prefix}_zero_point")))
+
+    def _remember_qparams(self, prefix: str):
+        self._qparams_values[prefix] = (float(getattr(self, f"{prefix}_scale")).hex(),
+                                        int(getattr(self, f"{prefix}_zero_point")))
 
     def set_qparams(self, prefix: str, q: qp.ActivationQParams):
         getattr(self, f"{prefix}_scale").fill_(q.scale)
         getattr(self, f"{prefix}_zero_point").fill_(q.zero_point)
-        self._qparams_values[prefix] = q
+        self._remember_qparams(prefix)
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        for prefix in self._qparams_values:
-            self.qparams(prefix)  # refresh the Python numbers from the loaded buffers
+        for prefix in list(self._qparams_values):
+            self._remember_qparams(prefix)
+
+    def _apply(self, fn, *args, **kwargs):  # .to(), .float(), .cuda(), ... may change the buffers
+        result = super()._apply(fn, *args, **kwargs)
+        for prefix in list(self._qparams_values):
+            self._remember_qparams(prefix)
+        return result
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        if "_qparams_values" not in self.__dict__:  # pickled before the copy existed
+            self._qparams_values = {}
+            for name in self._buffers:
+                if name.endswith("_scale") and f"{name[:-6]}_zero_point" in self._buffers:
+                    self._remember_qparams(name[:-6])
 
     def observe(self, output):
         low, high = self.observed_range.tolist()
@@ -152,7 +172,9 @@ class _WeightedLayer(QuantModule):
         if self.activation in ("relu", "relu6"):
             act_min = max(act_min, q.zero_point)
         if self.activation == "relu6":
-            act_max = min(act_max, q.zero_point + qp.round_half_away_scalar(6.0 / q.scale))
+            # 6 / s rounded to float32 first, as TFLite computes it in float
+            act_max = min(act_max, q.zero_point
+                          + qp.round_half_away_scalar(qp.round_to_float32(6.0 / q.scale)))
         return act_min, act_max
 
     def float_activation(self, y):

@@ -41,13 +41,21 @@ def _cpu_kernels():
 
 
 def round_half_away_scalar(value: float) -> int:
-    """round_half_away of one Python float, in exact float64 steps (value - floor(value) is
-    exact), so that it is a constant to torch.compile."""
-    floor = math.floor(value)
-    fraction = value - floor
-    if fraction > 0.5 or (fraction == 0.5 and value > 0):
-        return floor + 1
-    return floor
+    """round_half_away of one Python float, in exact float64 steps (value - trunc(value) is
+    exact), so that torch.compile folds it to a constant."""
+    truncated = math.trunc(value)
+    if abs(value - truncated) >= 0.5:
+        return truncated + (1 if value > 0 else -1)
+    return truncated
+
+
+def round_to_float32(value: float) -> float:
+    """The float32 nearest to a (normal-range) Python float, ties to even, as torch.tensor(value)
+    stores it, in plain Python (a constant to torch.compile)."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    mantissa, exponent = math.frexp(value)  # mantissa in [0.5, 1): 24 bits kept
+    return math.ldexp(round(mantissa * 2.0**24) / 2.0**24, exponent)  # round(): ties to even
 
 
 def round_half_away(values: torch.Tensor) -> torch.Tensor:

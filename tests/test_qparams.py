@@ -182,7 +182,14 @@ def test_scalar_quantize_multiplier_matches_the_reference(real):
     assert qparams.quantize_multiplier_scalar(real) == expected
 
 
-@given(st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-1000, 1000).map(lambda n: n + 0.5))
+@given(st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-1000, 1000).map(lambda n: n + 0.5)
+       | st.sampled_from([0.49999999999999994, -0.49999999999999994, 2.5 - 2**-51, -2.5 + 2**-51]))
 def test_scalar_round_half_away_matches_the_tensor_version(value):
     expected = int(qparams.round_half_away(torch.tensor(value, dtype=torch.float64)))
     assert qparams.round_half_away_scalar(value) == expected
+
+
+@given(st.floats(1e-30, 1e30) | st.floats(-1e30, -1e-30)
+       | st.integers(1, 2**24 - 1).map(lambda n: (n + 0.5) * 2.0**-20))  # float32 ties
+def test_round_to_float32_is_what_a_float32_tensor_stores(value):
+    assert qparams.round_to_float32(value) == torch.tensor(value, dtype=torch.float32).item()

@@ -275,6 +275,25 @@ def test_loaded_quantization_parameters_reach_the_compiled_model():
     assert torch.equal(torch.compile(target, fullgraph=True)(x), source(x))
 
 
+def test_a_compiled_model_follows_changed_quantization_parameters():
+    """Changing the add's and a layer's scales (set_qparams, twice) recompiles the model, whose
+    outputs stay the eager ones: the scales reach Dynamo as constants, never as symbolic floats
+    that QuantizeMultiplier's Python math could not take."""
+    model = intunlearn.quantize(residual_net(), calibration=images(32))
+    add = modules_of(model, intunlearn.modules.QuantAdd)[0]
+    layer = modules_of(model, intunlearn.modules.QuantLinear)[0]
+    x = images(3, seed=4)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    assert torch.equal(compiled(x), model(x))
+    for factor in (1.25, 0.8):
+        q = add.output_qparams
+        add.set_output_qparams(qp.ActivationQParams(q.scale * factor, q.zero_point))
+        q = layer.output_qparams
+        layer.set_output_qparams(qp.ActivationQParams(q.scale * factor, q.zero_point + 1))
+        assert torch.equal(compiled(x), model(x))
+
+
 class Gated(nn.Module):
     def __init__(self):
         super().__init__()

@@ -3,6 +3,7 @@ formulas, methods on a tiny problem, determinism, resuming, and errors."""
 
 import copy
 import json
+import math
 
 import numpy as np
 import pytest
@@ -309,3 +310,14 @@ def test_cli_run_names_a_bad_out_or_progress_file(tmp_path, capsys):
     (out / "progress.json").write_text("{not json")
     assert main([*common, "--out", str(out)]) == 2
     assert "progress.json is not valid JSON" in capsys.readouterr().err
+
+
+def test_a_resumed_run_reads_unmeasured_metrics_back_as_nan():
+    from intunlearn.unlearning.engine import _missing_as_nan
+
+    saved = {"methods": {"ft": {"metrics": {"integer": {"FA": 1.0, "MIA-NN": None}}, "seconds": 2.0}},
+             "rows": [{"gap": None}]}
+    restored = _missing_as_nan(saved)
+    assert restored["methods"]["ft"]["metrics"]["integer"]["FA"] == 1.0
+    assert math.isnan(restored["methods"]["ft"]["metrics"]["integer"]["MIA-NN"])
+    assert restored["rows"][0]["gap"] is None  # no retrain to compare with stays None

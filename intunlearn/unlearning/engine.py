@@ -207,6 +207,17 @@ class Experiment:
         return results
 
 
+def _missing_as_nan(value):
+    """JSON stores a metric that could not be measured (NaN) as null; read it back as NaN so
+    that a resumed run reports exactly what the uninterrupted one does."""
+    if isinstance(value, dict):
+        return {key: (float("nan") if item is None and key != "gap" else _missing_as_nan(item))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [_missing_as_nan(item) for item in value]
+    return value
+
+
 def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None) -> dict:
     """Run (or resume) the experiment; writes results.json, results.csv and results.png to out_dir."""
     out_dir = Path(out_dir)
@@ -229,7 +240,7 @@ def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None) -> d
             raise ValueError(f"{progress_path} is not a progress file of intunlearn run; delete it "
                              f"to start the run over")
         if saved.get("config_hash") == key:
-            progress = saved
+            progress = _missing_as_nan(saved)
 
     original = experiment.original()
     if "original" not in progress["methods"]:

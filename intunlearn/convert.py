@@ -195,7 +195,9 @@ class _Converter:
             activation, relu = self._folded_activation(node)
             if activation == "relu6":
                 raise NotImplementedError(f"ReLU6 after the add at node {node.name!r} is not supported")
-            self._replace(node, QuantAdd(activation, backend=self.backend), [relu] if relu else [])
+            self._replace(node, QuantAdd(activation, backend=self.backend,
+                                         rounding=self.layer_options["rounding"]),
+                          [relu] if relu else [])
         elif target is F.adaptive_avg_pool2d:
             if node.args[1] not in (1, (1, 1)):
                 raise NotImplementedError(f"adaptive_avg_pool2d at node {node.name!r}: only output size 1")

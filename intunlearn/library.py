@@ -78,12 +78,12 @@ def _(x, weight, bias, multiplier, shift, stride, padding, dilation, groups, inp
 def qadd(a: Tensor, b: Tensor, a_zero_point: int, a_multiplier: int, a_shift: int,
          b_zero_point: int, b_multiplier: int, b_shift: int, left_shift: int,
          output_zero_point: int, output_multiplier: int, output_shift: int, act_min: int,
-         act_max: int, backend: str) -> Tensor:
+         act_max: int, rounding: str, backend: str) -> Tensor:
     return ops.qadd(a, b, a_zero_point=a_zero_point, a_multiplier=a_multiplier, a_shift=a_shift,
                     b_zero_point=b_zero_point, b_multiplier=b_multiplier, b_shift=b_shift,
                     left_shift=left_shift, output_zero_point=output_zero_point,
                     output_multiplier=output_multiplier, output_shift=output_shift,
-                    act_min=act_min, act_max=act_max, backend=backend)
+                    act_min=act_min, act_max=act_max, rounding=rounding, backend=backend)
 
 
 @qadd.register_fake
@@ -361,16 +361,18 @@ def apply_quant_conv2d(x, weight, bias, weight_scale, sample_weights, *params_an
 
 
 
-def apply_qadd(a_q: Tensor, b_q: Tensor, params: dict, act_min: int, act_max: int, backend: str) -> Tensor:
+def apply_qadd(a_q: Tensor, b_q: Tensor, params: dict, act_min: int, act_max: int, backend: str,
+               rounding: str = "double") -> Tensor:
     """`intunlearn::qadd` (params: qparams.add_params' keywords), called without the custom
     op's dispatch outside torch.compile."""
     if _eager(a_q, b_q):
-        return ops.qadd(a_q, b_q, **params, act_min=act_min, act_max=act_max, backend=backend)
+        return ops.qadd(a_q, b_q, **params, act_min=act_min, act_max=act_max, rounding=rounding,
+                        backend=backend)
     return torch.ops.intunlearn.qadd(a_q, b_q, params["a_zero_point"], params["a_multiplier"], params["a_shift"],
                                      params["b_zero_point"], params["b_multiplier"], params["b_shift"],
                                      params["left_shift"], params["output_zero_point"],
                                      params["output_multiplier"], params["output_shift"], act_min, act_max,
-                                     backend)
+                                     rounding, backend)
 
 
 def apply_qavg_pool2d(x_q: Tensor, kernel_size, stride, padding, act_min: int, act_max: int,

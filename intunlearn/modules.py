@@ -367,11 +367,12 @@ class QuantConv2d(_WeightedLayer):
 class QuantAdd(QuantModule):
     """Residual add (TFLite int8 ADD), optionally with a folded ReLU."""
 
-    def __init__(self, activation=None, mode="integer", backend="auto"):
+    def __init__(self, activation=None, mode="integer", backend="auto", rounding="double"):
         super().__init__(mode, backend)
         if activation not in (None, "relu"):
             raise ValueError(f"QuantAdd activation must be None or 'relu', got {activation!r}")
         self.activation = activation
+        self.rounding = rounding
         self.register_qparams("a")
         self.register_qparams("b")
 
@@ -399,7 +400,8 @@ class QuantAdd(QuantModule):
         qa, qb, qy = self.input_qparams("a"), self.input_qparams("b"), self.output_qparams
         a_q = qp.quantize(a.detach(), qa.scale, qa.zero_point, -128, 127)
         b_q = qp.quantize(b.detach(), qb.scale, qb.zero_point, -128, 127)
-        y = library.apply_qadd(a_q, b_q, qp.add_params(qa, qb, qy), act_min, act_max, self.backend)
+        y = library.apply_qadd(a_q, b_q, qp.add_params(qa, qb, qy), act_min, act_max, self.backend,
+                               self.rounding)
         return _straight_through(a + b, qp.dequantize_activation(y, qy.scale, qy.zero_point),
                                  (y > act_min) & (y < act_max))
 

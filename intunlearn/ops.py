@@ -243,10 +243,11 @@ def qconv2d(x, weight, bias=None, *, stride=1, padding=0, dilation=1, groups=1, 
 
 def qadd(a, b, *, a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
          left_shift, output_zero_point, output_multiplier, output_shift, act_min=-128,
-         act_max=127, backend="auto"):
+         act_max=127, rounding="double", backend="auto"):
     """TFLite int8 ADD of two equally shaped int8 tensors; scalar parameters are Python ints.
 
     Use `intunlearn.qparams.add_params` to derive the multipliers and shifts from scales.
+    rounding="single" rescales as a TFLITE_SINGLE_ROUNDING build does (one rounding each).
     """
     check.tensor("a", a, torch.int8)
     check.tensor("b", b, torch.int8)
@@ -263,12 +264,13 @@ def qadd(a, b, *, a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplie
         check.integer(name, value, -31, 30)
     check.integer("left_shift", left_shift, 0, 30)
     check.activation_range(act_min, act_max)
+    check.choice("rounding", rounding, ROUNDINGS)
     return resolve(backend, device).qadd(
         a, b, a_zero_point=a_zero_point, a_multiplier=a_multiplier, a_shift=a_shift,
         b_zero_point=b_zero_point, b_multiplier=b_multiplier, b_shift=b_shift,
         left_shift=left_shift, output_zero_point=output_zero_point,
         output_multiplier=output_multiplier, output_shift=output_shift, act_min=act_min,
-        act_max=act_max)
+        act_max=act_max, rounding=rounding)
 
 
 def qavg_pool2d(x, kernel_size, stride=None, padding=0, act_min=-128, act_max=127, backend="auto"):

@@ -112,20 +112,23 @@ def qconv2d(x, weight, bias, *, stride, padding, dilation, groups, input_zero_po
 
 def qadd(a, b, *, a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
          left_shift, output_zero_point, output_multiplier, output_shift, act_min=-128,
-         act_max=127):
+         act_max=127, rounding="double"):
     """TFLite int8 ADD (reference_integer_ops/add.h), elementwise on equal shapes.
 
     Each input is centred, shifted left by `left_shift` (20 for int8 in TFLite) to gain
-    precision, rescaled to a common scale, summed, and rescaled to the output (double rounding).
+    precision, rescaled to a common scale, summed, and rescaled to the output. The three
+    rescales are TFLite's MultiplyByQuantizedMultiplierSmallerThanOneExp: double rounding by
+    default, one rounding (MultiplyByQuantizedMultiplier) in a TFLITE_SINGLE_ROUNDING build.
     """
     def rescale(values, zero_point, multiplier, shift):
         centered = np.asarray(values, np.int64) - zero_point
         shifted = wrap_int32(centered << left_shift)
-        return multiply_by_quantized_multiplier(shifted, multiplier, shift)
+        return multiply_by_quantized_multiplier(shifted, multiplier, shift, rounding)
 
     raw_sum = wrap_int32(rescale(a, a_zero_point, a_multiplier, a_shift)
                          + rescale(b, b_zero_point, b_multiplier, b_shift))
-    return requantize(raw_sum, output_multiplier, output_shift, output_zero_point, act_min, act_max)
+    return requantize(raw_sum, output_multiplier, output_shift, output_zero_point, act_min, act_max,
+                      rounding)
 
 
 # --------------------------------------------------------------------------------------------

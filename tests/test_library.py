@@ -61,8 +61,9 @@ def test_opcheck_integer_ops():
     cw = torch.randint(-128, 128, (4, 2, 3, 3), dtype=torch.int8)
     torch.library.opcheck(OPS.qconv2d.default, (image, cw, None, m, s, [1, 2], [1, 1, 0, 2], [1, 1], 2,
                                                 0, 0, -128, 127, 8, "single", "auto"))
-    torch.library.opcheck(OPS.qadd.default, (image, image, 1, 2**30, -1, -2, 2**30, -1, 20, 3, 2**30,
-                                             -18, -128, 127, "auto"))
+    for rounding in ("double", "single"):
+        torch.library.opcheck(OPS.qadd.default, (image, image, 1, 2**30, -1, -2, 2**30, -1, 20, 3,
+                                                 2**30, -18, -128, 127, rounding, "auto"))
     torch.library.opcheck(OPS.qavg_pool2d.default, (image, [2, 3], [1, 2], [1, 1, 1, 1], -128, 127, "auto"))
 
 

@@ -96,7 +96,8 @@ def add_cases(draw):
                   b_shift=draw(st.integers(-31, 30)), left_shift=draw(st.sampled_from([0, 20, 30])),
                   output_zero_point=draw(st.integers(-128, 127) | st.sampled_from([1000])),
                   output_multiplier=draw(mult), output_shift=draw(st.integers(-31, 30)),
-                  act_min=act_min, act_max=draw(st.integers(act_min, 127)))
+                  act_min=act_min, act_max=draw(st.integers(act_min, 127)),
+                  rounding=draw(st.sampled_from(["double", "single"])))
     return a, b, params
 
 

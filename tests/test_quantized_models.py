@@ -68,9 +68,12 @@ def modules_of(model, kind):
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
-@pytest.mark.parametrize("bits", [4, 8])
-def test_integer_forward_is_the_reference_ops_on_the_exported_state(backend, bits):
-    model = intunlearn.quantize(residual_net(), weight_bits=bits, calibration=images(32, seed=2), backend=backend)
+@pytest.mark.parametrize("bits, rounding", [(4, "double"), (8, "double"), (4, "single")])
+def test_integer_forward_is_the_reference_ops_on_the_exported_state(backend, bits, rounding):
+    """The whole integer model, residual add included, is the reference ops on its exported
+    state, in both TFLite builds (single rounding: every rescale, the add's too, rounds once)."""
+    model = intunlearn.quantize(residual_net(), weight_bits=bits, calibration=images(32, seed=2), backend=backend,
+                                rounding=rounding)
     x = images()
     state = intunlearn.integer_state_dict(model)
     names = [name for name, m in model.named_modules() if isinstance(m, intunlearn.modules.QuantModule)]
@@ -89,7 +92,7 @@ def test_integer_forward_is_the_reference_ops_on_the_exported_state(backend, bit
                            input_zero_point=zero_point(name, "input"), output_zero_point=zero_point(name, "output"),
                            multiplier=entry(name, "multiplier"), shift=entry(name, "shift"),
                            act_min=int(entry(name, "act_min")), act_max=int(entry(name, "act_max")),
-                           weight_bits=bits, backend="reference", **geometry, **extra)
+                           weight_bits=bits, rounding=rounding, backend="reference", **geometry, **extra)
 
     x_q = qp.quantize(x, float(entry(input_q, "output_scale")), zero_point(input_q, "output"), -128, 127)
     h = conv(stem, x_q, padding=1)
@@ -97,12 +100,13 @@ def test_integer_forward_is_the_reference_ops_on_the_exported_state(backend, bit
     add_args = {k: int(entry(add, k)) for k in ("a_multiplier", "a_shift", "b_multiplier", "b_shift", "left_shift",
                                                 "output_multiplier", "output_shift", "act_min", "act_max")}
     summed = ops.qadd(out, h, a_zero_point=zero_point(add, "a"), b_zero_point=zero_point(add, "b"),
-                      output_zero_point=zero_point(add, "output"), backend="reference", **add_args)
+                      output_zero_point=zero_point(add, "output"), rounding=rounding, backend="reference",
+                      **add_args)
     pooled = ops.qavg_pool2d(summed, tuple(summed.shape[2:]), backend="reference")
     logits = ops.qlinear(pooled.flatten(1), entry(fc, "weight"), entry(fc, "bias"),
                          input_zero_point=zero_point(fc, "input"), output_zero_point=zero_point(fc, "output"),
                          multiplier=entry(fc, "multiplier"), shift=entry(fc, "shift"), weight_bits=bits,
-                         backend="reference")
+                         rounding=rounding, backend="reference")
     fc_layer = dict(model.named_modules())[fc]
     torch.testing.assert_close(int8_codes(model(x), fc_layer.output_qparams), logits, rtol=0, atol=0)
 
@@ -369,3 +373,25 @@ def test_training_op_names_sample_weights_of_the_wrong_length():
     for entry in (intunlearn.library.apply_quant_linear, torch.ops.intunlearn.quant_linear):
         with pytest.raises(ValueError, match=r"sample_weights must be a floating tensor \[4\]"):
             entry(x, layer.weight, layer.bias, layer.weight_scale, torch.ones(3), *args[1:])
+
+
+def test_residual_add_follows_the_models_rounding(monkeypatch):
+    """quantize(rounding="single") gives the residual adds TFLITE_SINGLE_ROUNDING's rescales
+    too: every pair of int8 codes through the module equals ops.qadd(rounding="single"). (With
+    TFLite's left shift of 20 the two builds rarely differ on an add, so the rounding mode the
+    module hands to the op is checked as well.)"""
+    model = intunlearn.quantize(residual_net(), calibration=images(32, seed=2), rounding="single")
+    add = modules_of(model, intunlearn.modules.QuantAdd)[0]
+    qa, qb, qy = add.input_qparams("a"), add.input_qparams("b"), add.output_qparams
+    codes = torch.arange(-128, 128, dtype=torch.int8)
+    a_q, b_q = codes.repeat_interleave(256), codes.repeat(256)
+    a, b = qp.dequantize(a_q, qa.scale, qa.zero_point), qp.dequantize(b_q, qb.scale, qb.zero_point)
+    seen = []
+    real_apply_qadd = intunlearn.library.apply_qadd
+    monkeypatch.setattr(intunlearn.library, "apply_qadd",
+                        lambda *args: seen.append(args[-1]) or real_apply_qadd(*args))
+    got = int8_codes(add(a, b), qy)
+    params = dict(qp.add_params(qa, qb, qy), act_min=add.activation_range()[0], act_max=127,
+                  backend="reference")
+    assert torch.equal(got, ops.qadd(a_q, b_q, **params, rounding="single"))
+    assert seen == ["single"]

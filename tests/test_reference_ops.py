@@ -127,13 +127,13 @@ activation_qparams = st.builds(qparams.ActivationQParams, st.floats(0.01, 0.5), 
 
 
 @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), a_q=activation_qparams,
-       b_q=activation_qparams, data=st.data())
-def test_qadd_within_one_lsb_of_float64_meaning(shape, a_q, b_q, data):
+       b_q=activation_qparams, rounding=st.sampled_from(["double", "single"]), data=st.data())
+def test_qadd_within_one_lsb_of_float64_meaning(shape, a_q, b_q, rounding, data):
     out_scale = data.draw(st.floats(max(a_q.scale, b_q.scale) / 4, 2 * (a_q.scale + b_q.scale)))
     out_q = qparams.ActivationQParams(out_scale, data.draw(st.integers(-128, 127)))
     a = data.draw(int_array(tuple(shape), -128, 127))
     b = data.draw(int_array(tuple(shape), -128, 127))
-    y = spec.qadd(a, b, **qparams.add_params(a_q, b_q, out_q))
+    y = spec.qadd(a, b, **qparams.add_params(a_q, b_q, out_q), rounding=rounding)
     real = float64.dequantize(a, a_q.scale, a_q.zero_point) + float64.dequantize(b, b_q.scale, b_q.zero_point)
     expected = float64.quantize(real, out_q.scale, out_q.zero_point)
     assert np.abs(y.astype(np.int64) - expected).max() <= 1

@@ -312,7 +312,8 @@ def add_cases(draw):
                   left_shift=draw(st.sampled_from([0, 20, 30]) | st.integers(0, 30)),
                   output_zero_point=draw(zero_point), output_multiplier=draw(multiplier),
                   output_shift=draw(st.integers(-31, 30)), act_min=act_min,
-                  act_max=draw(st.integers(act_min, 127)))
+                  act_max=draw(st.integers(act_min, 127)),
+                  rounding=draw(st.sampled_from(["double", "single"])))
     return a, b, params
 
 

@@ -301,7 +301,8 @@ def qconv2d(x, weight, bias, *, weight_shape, stride, padding, dilation, groups,
 
 
 def qadd(a, b, *, a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
-         left_shift, output_zero_point, output_multiplier, output_shift, act_min, act_max):
+         left_shift, output_zero_point, output_multiplier, output_shift, act_min, act_max,
+         rounding="double"):
     """TFLite int8 ADD, elementwise on equal shapes."""
     a_np = a.detach().cpu().contiguous().numpy().reshape(-1)
     b_np = b.detach().cpu().contiguous().numpy().reshape(-1)
@@ -312,7 +313,7 @@ def qadd(a, b, *, a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplie
                       (i64(_wrap32(b_zero_point)), i64(b_multiplier), i64(b_shift)),
                       i64(left_shift),
                       (i64(_wrap32(output_zero_point)), i64(output_multiplier), i64(output_shift),
-                       i64(act_min), i64(act_max)))
+                       i64(act_min), i64(act_max)), rounding == "single")
     return torch.from_numpy(out.reshape(a.shape)).to(a.device)
 
 

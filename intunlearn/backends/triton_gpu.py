@@ -49,13 +49,15 @@ def qconv2d(x, weight, bias, *, weight_shape, stride, padding, dilation, groups,
 
 
 def qadd(a, b, *, a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
-         left_shift, output_zero_point, output_multiplier, output_shift, act_min, act_max):
+         left_shift, output_zero_point, output_multiplier, output_shift, act_min, act_max,
+         rounding="double"):
     _check_device(a, b)
     return kernels.qadd(a, b, a_zero_point=a_zero_point, a_multiplier=a_multiplier,
                         a_shift=a_shift, b_zero_point=b_zero_point, b_multiplier=b_multiplier,
                         b_shift=b_shift, left_shift=left_shift,
                         output_zero_point=output_zero_point, output_multiplier=output_multiplier,
-                        output_shift=output_shift, act_min=act_min, act_max=act_max)
+                        output_shift=output_shift, act_min=act_min, act_max=act_max,
+                        rounding=rounding)
 
 
 def qavg_pool2d(x, *, kernel_size, stride, padding, act_min, act_max):

@@ -5,27 +5,33 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .fixedpoint import multiply_by_quantized_multiplier_double_rounding, requantize, wrap_int32
+from .fixedpoint import (multiply_by_quantized_multiplier_double_rounding,
+                         multiply_by_quantized_multiplier_single_rounding, requantize, wrap_int32)
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _rescale_add_input(value, zero_point, multiplier, shift, left_shift):
-    """One ADD input: centre, shift left by left_shift (wrapping int32), rescale (double rounding)."""
+def _rescale_add_input(value, zero_point, multiplier, shift, left_shift, single_rounding):
+    """One ADD input: centre, shift left by left_shift (wrapping int32), rescale."""
     shifted = wrap_int32(wrap_int32(np.int64(value) - zero_point) << left_shift)
+    if single_rounding:
+        return multiply_by_quantized_multiplier_single_rounding(shifted, multiplier, shift)
     return multiply_by_quantized_multiplier_double_rounding(shifted, multiplier, shift)
 
 
 @njit(cache=True, nogil=True, parallel=True)
-def qadd(a, b, out, a_params, b_params, left_shift, output_params):
+def qadd(a, b, out, a_params, b_params, left_shift, output_params, single_rounding):
     """a, b, out: flat int8 arrays. a_params/b_params: (zero_point, multiplier, shift);
-    output_params: (zero_point, multiplier, shift, act_min, act_max)."""
+    output_params: (zero_point, multiplier, shift, act_min, act_max); single_rounding: the
+    TFLITE_SINGLE_ROUNDING rescales."""
     a_zero, a_mult, a_shift = a_params
     b_zero, b_mult, b_shift = b_params
     out_zero, out_mult, out_shift, act_min, act_max = output_params
     for i in prange(a.shape[0]):
-        raw_sum = wrap_int32(_rescale_add_input(a[i], a_zero, a_mult, a_shift, left_shift)
-                             + _rescale_add_input(b[i], b_zero, b_mult, b_shift, left_shift))
-        out[i] = requantize(raw_sum, out_mult, out_shift, out_zero, act_min, act_max, False)
+        raw_sum = wrap_int32(
+            _rescale_add_input(a[i], a_zero, a_mult, a_shift, left_shift, single_rounding)
+            + _rescale_add_input(b[i], b_zero, b_mult, b_shift, left_shift, single_rounding))
+        out[i] = requantize(raw_sum, out_mult, out_shift, out_zero, act_min, act_max,
+                            single_rounding)
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -262,7 +262,8 @@ def elementwise_cases(numel) -> list[KernelCase]:
                 stride_xh=size, stride_xw=1, stride_yn=channels, stride_yc=1, stride_yh=1,
                 stride_yw=1, pool_stride_h=size, pool_stride_w=size, pad_top=0, pad_left=0,
                 act_min=-128, act_max=127)
-    return [KernelCase(f"qadd numel={numel}", qadd_kernel, add, {}, one_config),
+    return [KernelCase(f"qadd numel={numel}", qadd_kernel, add, dict(SINGLE_ROUNDING=False),
+                       one_config),
             KernelCase(f"qavg_pool2d {batch}x{channels}x{size}x{size}", qavg_pool2d_kernel, pool,
                        dict(KH=size, KW=size), one_config)]
 

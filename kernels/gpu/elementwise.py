@@ -8,22 +8,23 @@ import triton
 import triton.language as tl
 
 from .configs import elementwise_block
-from .fixedpoint import multiply_by_quantized_multiplier_double_rounding, requantize
+from .fixedpoint import multiply_by_quantized_multiplier, requantize
 
 
 @triton.jit
-def rescale_input(values, zero_point, multiplier, shift, left_shift):
-    """ADD's per-input rescale: ((q - z) << left_shift, wrapping int32) * M_in (double rounding)."""
+def rescale_input(values, zero_point, multiplier, shift, left_shift,
+                  SINGLE_ROUNDING: tl.constexpr):
+    """ADD's per-input rescale: ((q - z) << left_shift, wrapping int32) * M_in."""
     centered = values.to(tl.int32) - zero_point
-    return multiply_by_quantized_multiplier_double_rounding(centered << left_shift, multiplier,
-                                                            shift)
+    return multiply_by_quantized_multiplier(centered << left_shift, multiplier, shift,
+                                            SINGLE_ROUNDING)
 
 
 @triton.jit
 def qadd_kernel(a_ptr, b_ptr, y_ptr, numel,
                 a_zero_point, a_multiplier, a_shift, b_zero_point, b_multiplier, b_shift,
                 left_shift, output_zero_point, output_multiplier, output_shift, act_min, act_max,
-                BLOCK: tl.constexpr):
+                SINGLE_ROUNDING: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < numel
     a = tl.load(a_ptr + offs, mask=mask, other=0)
@@ -31,10 +32,11 @@ def qadd_kernel(a_ptr, b_ptr, y_ptr, numel,
     # The scalar parameters as int32 tensors of the block's shape, as the primitives take.
     zeros = tl.zeros((BLOCK,), dtype=tl.int32)
     raw_sum = rescale_input(a, a_zero_point, zeros + a_multiplier, zeros + a_shift,
-                            zeros + left_shift) \
-        + rescale_input(b, b_zero_point, zeros + b_multiplier, zeros + b_shift, zeros + left_shift)
+                            zeros + left_shift, SINGLE_ROUNDING) \
+        + rescale_input(b, b_zero_point, zeros + b_multiplier, zeros + b_shift, zeros + left_shift,
+                        SINGLE_ROUNDING)
     y = requantize(raw_sum, zeros + output_multiplier, zeros + output_shift, output_zero_point,
-                   act_min, act_max, False)
+                   act_min, act_max, SINGLE_ROUNDING)
     tl.store(y_ptr + offs, y, mask=mask)
 
 
@@ -85,7 +87,8 @@ def qadd(a: torch.Tensor, b: torch.Tensor, **params) -> torch.Tensor:
         a, b, y, numel, params["a_zero_point"], params["a_multiplier"], params["a_shift"],
         params["b_zero_point"], params["b_multiplier"], params["b_shift"], params["left_shift"],
         params["output_zero_point"], params["output_multiplier"], params["output_shift"],
-        params["act_min"], params["act_max"], BLOCK=block)
+        params["act_min"], params["act_max"], SINGLE_ROUNDING=params.get("rounding") == "single",
+        BLOCK=block)
     return y
 
 

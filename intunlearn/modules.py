@@ -367,6 +367,8 @@ class QuantConv2d(_WeightedLayer):
 class QuantAdd(QuantModule):
     """Residual add (TFLite int8 ADD), optionally with a folded ReLU."""
 
+    rounding = "double"  # class default, for modules pickled before the add had a rounding mode
+
     def __init__(self, activation=None, mode="integer", backend="auto", rounding="double"):
         super().__init__(mode, backend)
         if activation not in (None, "relu"):

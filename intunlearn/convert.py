@@ -45,7 +45,8 @@ def quantize(model: nn.Module, *, weight_bits: int = 8, act_bits: int = 8, calib
     observed. keep_float: names of Linear/Conv2d modules to keep in float arithmetic (as the
     Q-MUL paper keeps its stem and classifier). lsq: learn the per-channel weight step sizes
     (LSQ). mode: the initial arithmetic ("integer", "fake" or "float"; switch later with
-    `set_arithmetic`).
+    `set_arithmetic`). rounding: "double" (TFLite's default build) or "single"
+    (TFLITE_SINGLE_ROUNDING), for every requantization, the layers' and the residual adds'.
     """
     if act_bits != 8:
         raise ValueError(f"act_bits must be 8 (int8 activations), got {act_bits!r}")

@@ -39,6 +39,12 @@ def _check_mode(mode):
     return mode
 
 
+def _check_rounding(rounding: str) -> str:
+    if rounding not in ("double", "single"):
+        raise ValueError(f"rounding must be 'double' or 'single', got {rounding!r}")
+    return rounding
+
+
 class QuantModule(nn.Module):
     """Shared state of the quantized modules: arithmetic mode, backend, calibration observer,
     and the output quantization parameters (a real scale and an int8 zero point)."""
@@ -148,7 +154,7 @@ class _WeightedLayer(QuantModule):
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         self.weight_bits = weight_bits
         self.activation = activation
-        self.rounding = rounding
+        self.rounding = _check_rounding(rounding)
         self.weight = nn.Parameter(weight.detach().clone().float())
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone().float())
         scales = qp.choose_weight_scales(self.weight, weight_bits).float()
@@ -374,7 +380,7 @@ class QuantAdd(QuantModule):
         if activation not in (None, "relu"):
             raise ValueError(f"QuantAdd activation must be None or 'relu', got {activation!r}")
         self.activation = activation
-        self.rounding = rounding
+        self.rounding = _check_rounding(rounding)
         self.register_qparams("a")
         self.register_qparams("b")
 

@@ -395,3 +395,10 @@ def test_residual_add_follows_the_models_rounding(monkeypatch):
                   backend="reference")
     assert torch.equal(got, ops.qadd(a_q, b_q, **params, rounding="single"))
     assert seen == ["single"]
+
+
+def test_modules_name_a_bad_rounding_when_built():
+    with pytest.raises(ValueError, match="rounding must be 'double' or 'single', got 'floor'"):
+        intunlearn.modules.QuantAdd(rounding="floor")
+    with pytest.raises(ValueError, match="rounding must be 'double' or 'single'"):
+        intunlearn.modules.QuantLinear.from_float(nn.Linear(3, 2), weight_bits=8, rounding="floor")

@@ -69,10 +69,10 @@ def run_e2e(*, dataset="digits", model_name="cnn", width=None, weight_bits=4, me
     device = torch.device(device)
     data = load_dataset(dataset, root=data_root, seed=seed)
     spec = parse_forget(forget, data.num_classes)
-    mask = forget_mask(spec, data.y_train, seed)
+    mask = forget_mask(spec, data.y_train, seed).to(device)
     x, y = data.x_train.to(device), data.y_train.to(device)
-    task = UnlearnTask(x[mask.to(device)], y[mask.to(device)], x[~mask.to(device)], y[~mask.to(device)],
-                       data.num_classes, spec.mode, seed, retrain_from_scratch=None)
+    task = UnlearnTask(x[mask], y[mask], x[~mask], y[~mask], data.num_classes, spec.mode, seed,
+                       retrain_from_scratch=None)
     method_unlearner.check(task)  # e.g. a class-wise method with random forgetting
     torch.manual_seed(seed)
     float_model = build_model(model_name, data.input_shape, data.num_classes, width).to(device)

@@ -23,7 +23,7 @@ from intunlearn import ops
 from intunlearn import qparams as qp
 from intunlearn.backends import BACKENDS
 from intunlearn.modules import (InputQuantizer, QuantAdd, QuantAvgPool2d, QuantConv2d, QuantLinear,
-                                QuantModule, _WeightedLayer, set_arithmetic)
+                                QuantModule, _check_mode, _WeightedLayer, set_arithmetic)
 
 PASS_THROUGH_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.MaxPool2d, nn.ReLU)
 PASS_THROUGH_FUNCTIONS = {torch.flatten, torch.reshape, F.dropout, F.max_pool2d, F.relu, torch.relu}
@@ -51,7 +51,7 @@ def quantize(model: nn.Module, *, weight_bits: int = 8, act_bits: int = 8, calib
     if act_bits != 8:
         raise ValueError(f"act_bits must be 8 (int8 activations), got {act_bits!r}")
     qp.weight_max(weight_bits)  # validates weight_bits
-    check.choice("mode", mode, ("integer", "fake", "float"))
+    _check_mode(mode)
     check.choice("backend", backend, ("auto", *BACKENDS))
     check.choice("rounding", rounding, ops.ROUNDINGS)
     if isinstance(calibration, torch.Tensor) and (calibration.dim() == 0 or calibration.shape[0] == 0):

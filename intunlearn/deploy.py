@@ -11,6 +11,7 @@ Layers kept in float are exported as float weights (they are not integer layers)
 from __future__ import annotations
 
 import io
+import math
 
 import torch
 
@@ -140,7 +141,7 @@ def _load_layer(layer, name, entry, q):
         if shape != tuple(layer.weight.shape):
             raise ValueError(f"{name}: state has weights of shape {shape}, the model {tuple(layer.weight.shape)}")
         values = entry("weight", (torch.uint8,) if layer.weight_bits == 4 else (torch.int8,))
-        length = int(torch.tensor(shape[1:]).prod())
+        length = math.prod(shape[1:])
         stored = (shape[0], (length + 1) // 2) if layer.weight_bits == 4 else shape
         if tuple(values.shape) != stored:
             raise ValueError(f"state entry '{name}.weight' must have shape {stored}, got {tuple(values.shape)}")

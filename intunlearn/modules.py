@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from intunlearn import library
+from intunlearn import library, ops
 from intunlearn import qparams as qp
 
 MODES = ("integer", "fake", "float")
@@ -40,7 +40,7 @@ def _check_mode(mode):
 
 
 def _check_rounding(rounding: str) -> str:
-    if rounding not in ("double", "single"):
+    if rounding not in ops.ROUNDINGS:
         raise ValueError(f"rounding must be 'double' or 'single', got {rounding!r}")
     return rounding
 
@@ -90,15 +90,17 @@ class QuantModule(nn.Module):
         getattr(self, f"{prefix}_zero_point").fill_(q.zero_point)
         self._remember_qparams(prefix)
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
+    def _remember_all_qparams(self):
         for prefix in list(self._qparams_values):
             self._remember_qparams(prefix)
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._remember_all_qparams()
+
     def _apply(self, fn, *args, **kwargs):  # .to(), .float(), .cuda(), ... may change the buffers
         result = super()._apply(fn, *args, **kwargs)
-        for prefix in list(self._qparams_values):
-            self._remember_qparams(prefix)
+        self._remember_all_qparams()
         return result
 
     def __setstate__(self, state):

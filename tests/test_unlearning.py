@@ -125,8 +125,9 @@ def test_qmul_records_its_reweighting_history():
     task = UnlearnTask(data.x_train[mask], data.y_train[mask], data.x_train[~mask], data.y_train[~mask], 4,
                        "random", 0, retrain_from_scratch=None, epochs=2, batch_size=32)
     method.unlearn(original, task)
-    assert len(method.history) == 2
-    for entry in method.history:
+    history = method.diagnostics()["agr_history"]
+    assert len(history) == 2
+    for entry in history:
         assert entry["w_f"] == pytest.approx(entry["G_r"] / (entry["G_f"] + entry["G_r"]))
         assert entry["w_f"] + entry["w_r"] == pytest.approx(1.0)
 

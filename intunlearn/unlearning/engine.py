@@ -253,9 +253,8 @@ def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None) -> d
         start = time.perf_counter()
         unlearned = method.unlearn(copy.deepcopy(original), task)
         seconds = time.perf_counter() - start
-        entry = {"metrics": experiment.evaluate(unlearned), "seconds": seconds}
-        if hasattr(method, "history"):
-            entry["history"] = method.history
+        entry = {"metrics": experiment.evaluate(unlearned), "seconds": seconds,
+                 "diagnostics": method.diagnostics()}
         progress["methods"][name] = entry
         write_json_atomic(progress_path, progress)
 
@@ -277,8 +276,7 @@ def _summarise(config, entries, experiment) -> dict:
             metrics = dict(entry["metrics"][arithmetic])
             metrics["gap"] = average_gap(metrics, retrain["metrics"][arithmetic]) if retrain else None
             row[arithmetic] = metrics
-        if "history" in entry:
-            row["agr_history"] = entry["history"]
+        row.update(entry.get("diagnostics", {}))
         rows.append(row)
     return {
         "config": dataclasses.asdict(config),

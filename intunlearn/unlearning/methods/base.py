@@ -31,7 +31,12 @@ class UnlearnTask:
 
 
 class Method:
-    """One unlearning method. Subclasses set `name`, `summary`, defaults, and implement unlearn()."""
+    """One unlearning method. Subclasses set `name`, `summary`, defaults, and implement unlearn().
+
+    A method that records something worth reporting about its last run (Q-MUL's per-epoch
+    gradient weights, say) returns it from diagnostics(); the engine stores it with the method's
+    results. Values must be JSON-serialisable.
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]
@@ -53,3 +58,7 @@ class Method:
     def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
         """Return the unlearned model (`model` is the caller's copy and may be modified)."""
         raise NotImplementedError
+
+    def diagnostics(self) -> dict:
+        """{name: JSON value} describing the last unlearn() call; empty by default."""
+        return {}

@@ -62,19 +62,22 @@ class QMUL(SimilarLabels):
     name = "qmul"
     summary = "similar labels + adaptive gradient reweighting between forget and retain data"
 
+    def __init__(self):
+        self._history: list[dict] = []  # one entry per epoch of the last unlearn()
+
     def unlearn(self, model, task):
         y_forget = self.relabel(model, task)
         x = torch.cat([task.x_forget, task.x_retain])
         y = torch.cat([y_forget, task.y_retain])
         is_forget = torch.arange(len(x), device=x.device) < len(task.x_forget)
-        self.history = []
+        self._history = []
 
         def reweight(epoch):
             seed = task.seed + 1000 * (epoch + 1)
             forget_norm = mean_gradient_norm(model, task.x_forget, y_forget, task.batch_size, seed)
             retain_norm = mean_gradient_norm(model, task.x_retain, task.y_retain, task.batch_size, seed)
             w_f, w_r = agr_weights(forget_norm, retain_norm)
-            self.history.append({"epoch": epoch, "G_f": forget_norm, "G_r": retain_norm, "w_f": w_f, "w_r": w_r})
+            self._history.append({"epoch": epoch, "G_f": forget_norm, "G_r": retain_norm, "w_f": w_f, "w_r": w_r})
             # Per-sample weights whose batch loss sum_i alpha_i CE_i / B is, in expectation over
             # the shuffle, w_f * mean forget CE + w_r * mean retain CE (Q-MUL's weighted objective).
             return torch.where(is_forget, w_f * len(x) / len(task.x_forget),
@@ -82,3 +85,7 @@ class QMUL(SimilarLabels):
 
         config = TrainConfig(self.epochs(task), self.lr(task), task.batch_size)
         return train(model, x, y, config, seed=task.seed, desc=self.name, on_epoch_start=reweight)
+
+    def diagnostics(self):
+        """The adaptive gradient reweighting of each epoch: G_f, G_r, w_f, w_r."""
+        return {"agr_history": list(self._history)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from intunlearn import ops
@@ -216,6 +216,7 @@ def test_numba_qconv2d_wide_channels_every_isa(kernel_isa, data):
     height = data.draw(st.integers(1, 9))
     kernel = data.draw(st.integers(1, 3))
     padding = tuple(data.draw(st.integers(0, 2)) for _ in range(4))
+    assume(height + padding[0] + padding[1] >= kernel)  # else no output row: nothing to compare
     stride = data.draw(st.integers(1, 2))
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     x = torch.from_numpy(rng.integers(-128, 128, (2, channels, height, width)).astype(np.int8))
@@ -223,8 +224,6 @@ def test_numba_qconv2d_wide_channels_every_isa(kernel_isa, data):
     low = -128 if bits == 8 else -8
     weight = torch.from_numpy(rng.integers(low, -low, (out_channels, channels // groups, kernel, kernel)).astype(np.int8))
     bias = torch.from_numpy(rng.integers(-2**20, 2**20, out_channels).astype(np.int32))
-    if height + padding[0] + padding[1] < kernel:
-        return
     extra = {}
     if bits == 4:
         weight = ops.pack_int4(weight.reshape(out_channels, -1))

@@ -21,6 +21,7 @@ from torch import fx
 
 from intunlearn import library  # noqa: F401  (registers the ops)
 from intunlearn import qparams as qp
+from intunlearn.layer_params import ConvGeometry, LayerQuant
 
 LINEAR_TARGETS = {F.linear, torch._C._nn.linear}
 CONV2D_TARGETS = {F.conv2d, torch.conv2d}
@@ -34,11 +35,11 @@ def _dynamic_qparams(tensor: torch.Tensor) -> qp.ActivationQParams:
     return qp.choose_activation_qparams(low - margin, high + margin)
 
 
-def _quant_args(x, weight, y_estimate, weight_bits, backend):
-    scales = qp.choose_weight_scales(weight, weight_bits).float()
+def _layer_quant(x, y_estimate, weight_bits, backend) -> LayerQuant:
     q_in, q_out = _dynamic_qparams(x), _dynamic_qparams(y_estimate)
-    return (scales, None, q_in.scale, q_in.zero_point, q_out.scale, q_out.zero_point, -128, 127,
-            weight_bits, "double", backend)
+    return LayerQuant(input_scale=q_in.scale, input_zero_point=q_in.zero_point, output_scale=q_out.scale,
+                      output_zero_point=q_out.zero_point, act_min=-128, act_max=127,
+                      weight_bits=weight_bits, rounding="double", backend=backend)
 
 
 def integer_linear(x, weight, bias=None, *, weight_bits=8, backend="auto"):
@@ -46,7 +47,9 @@ def integer_linear(x, weight, bias=None, *, weight_bits=8, backend="auto"):
     flat = x.reshape(-1, x.shape[-1])
     with torch.no_grad():
         estimate = F.linear(flat, weight, bias)
-    y = torch.ops.intunlearn.quant_linear(flat, weight, bias, *_quant_args(flat, weight, estimate, weight_bits, backend))
+    scales = qp.choose_weight_scales(weight, weight_bits).float()
+    y = torch.ops.intunlearn.quant_linear(flat, weight, bias, scales, None,
+                                          *_layer_quant(flat, estimate, weight_bits, backend))
     return y.reshape(*x.shape[:-1], weight.shape[0]).to(x.dtype)
 
 
@@ -71,8 +74,11 @@ def integer_conv2d(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     pads = _conv_padding(padding, weight, dilation)
     with torch.no_grad():
         estimate = F.conv2d(F.pad(x, (pads[2], pads[3], pads[0], pads[1])), weight, bias, stride, 0, dilation, groups)
-    return torch.ops.intunlearn.quant_conv2d(x, weight, bias, *_quant_args(x, weight, estimate, weight_bits, backend),
-                                             stride, list(pads), dilation, groups).to(x.dtype)
+    scales = qp.choose_weight_scales(weight, weight_bits).float()
+    geometry = ConvGeometry.of(stride, pads, dilation, groups)
+    return torch.ops.intunlearn.quant_conv2d(x, weight, bias, scales, None,
+                                             *_layer_quant(x, estimate, weight_bits, backend),
+                                             *geometry.op_args()).to(x.dtype)
 
 
 def make_backend(weight_bits: int = 8, backend: str = "auto"):

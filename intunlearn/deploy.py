@@ -18,7 +18,6 @@ import torch
 from intunlearn import ops
 from intunlearn import qparams as qp
 from intunlearn.io import write_bytes_atomic
-from intunlearn.library import integer_params
 from intunlearn.modules import InputQuantizer, QuantAdd, QuantAvgPool2d, _WeightedLayer
 
 FORMAT_VERSION = 1
@@ -41,8 +40,8 @@ def _layer_state(layer: _WeightedLayer) -> dict:
         if layer.bias is not None:
             state["float_bias"] = layer.bias.detach().clone()
         return state
-    w_q, b_q, multiplier, shift = integer_params(layer.weight, layer.bias, layer.weight_scale,
-                                               q_in.scale, q_out.scale, layer.weight_bits)
+    w_q, b_q, multiplier, shift = qp.integer_params(layer.weight, layer.bias, layer.weight_scale,
+                                                  q_in.scale, q_out.scale, layer.weight_bits, layer.backend)
     act_min, act_max = layer.activation_range()
     state.update(weight=ops.pack_int4(w_q.flatten(1)) if layer.weight_bits == 4 else w_q,
                  weight_shape=torch.tensor(layer.weight.shape), weight_scale=layer.weight_scale.detach().clone(),
@@ -153,8 +152,9 @@ def _load_layer(layer, name, entry, q):
         if layer.bias is not None:
             bias_scale = q("input").scale * scales.double()
             layer.bias.copy_((entry("bias", (torch.int32,)).double() * bias_scale).float())
-    w_q, b_q, multiplier, shift = integer_params(layer.weight, layer.bias, layer.weight_scale,
-                                                 q("input").scale, q("output").scale, layer.weight_bits)
+    w_q, b_q, multiplier, shift = qp.integer_params(layer.weight, layer.bias, layer.weight_scale,
+                                                    q("input").scale, q("output").scale, layer.weight_bits,
+                                                    layer.backend)
     if not torch.equal(w_q.flatten(1), values.reshape(shape[0], -1)):
         raise ValueError(f"{name}: the stored weights are not reproduced by the stored scales")
     if b_q is not None and not torch.equal(b_q, entry("bias")):

@@ -26,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from intunlearn import library, ops
+from intunlearn import library  # noqa: F401  (registers the custom ops that ste calls under torch.compile)
+from intunlearn import ops, ste
 from intunlearn import qparams as qp
+from intunlearn.layer_params import ConvGeometry, LayerQuant
 
 MODES = ("integer", "fake", "float")
 ACTIVATIONS = (None, "relu", "relu6")
@@ -132,7 +134,7 @@ class QuantModule(nn.Module):
         self.set_output_qparams(qp.choose_activation_qparams(low, high))
 
     def fake_quantize_output(self, y, act_min=-128, act_max=127):
-        return fake_quantize_activation(y, self.output_qparams, act_min, act_max)
+        return fake_quantize_activation(y, self.output_qparams, act_min, act_max, self.backend)
 
 
 class InputQuantizer(QuantModule):
@@ -209,41 +211,45 @@ class _WeightedLayer(QuantModule):
 
     def fake_forward(self, x):
         q_in = self.input_qparams
-        x_grid = fake_quantize_activation(x, q_in)
+        x_grid = fake_quantize_activation(x, q_in, backend=self.backend)
         limit = qp.weight_max(self.weight_bits)
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        weight = lsq_fake_quantize(self.weight, self.weight_scale.reshape(shape), limit)
+        weight = lsq_fake_quantize(self.weight, self.weight_scale.reshape(shape), limit, self.backend)
         bias = None
         if self.bias is not None:
             bias_scale = (q_in.scale * self.weight_scale.detach().double()).float()
-            bias = self.bias + (qp.round_half_away(self.bias.detach().double() / bias_scale).float()
-                                * bias_scale - self.bias).detach()
+            rounded = qp.round_half_away(self.bias.detach().double() / bias_scale, self.backend)
+            bias = self.bias + (rounded.float() * bias_scale - self.bias).detach()
         y = self.float_op(x_grid, weight, bias)
         act_min, act_max = self.activation_range()
         return self.fake_quantize_output(y, act_min, act_max)
 
-    def _common_op_args(self, act_min, act_max):
+    def layer_quant(self, act_min, act_max) -> LayerQuant:
+        """This layer's quantization for the integer op, with the given output clamp."""
         q_in, q_out = self.input_qparams, self.output_qparams
-        return (self.sample_weights_for_backward, q_in.scale, q_in.zero_point, q_out.scale,
-                q_out.zero_point, act_min, act_max, self.weight_bits, self.rounding, self.backend)
+        return LayerQuant(input_scale=q_in.scale, input_zero_point=q_in.zero_point,
+                          output_scale=q_out.scale, output_zero_point=q_out.zero_point,
+                          act_min=act_min, act_max=act_max, weight_bits=self.weight_bits,
+                          rounding=self.rounding, backend=self.backend)
 
 
-def fake_quantize_activation(x, q: qp.ActivationQParams, act_min=-128, act_max=127):
+def fake_quantize_activation(x, q: qp.ActivationQParams, act_min=-128, act_max=127, backend="auto"):
     """Quantize-dequantize onto the int8 grid of q, clamped to [act_min, act_max], with a
     straight-through gradient that is zero where the value was clamped."""
     low, high = q.scale * (act_min - q.zero_point), q.scale * (act_max - q.zero_point)
     clamped = x.clamp(low, high)
-    grid = qp.dequantize(qp.quantize(x.detach(), q.scale, q.zero_point, act_min, act_max), q.scale, q.zero_point)
+    codes = qp.quantize(x.detach(), q.scale, q.zero_point, act_min, act_max, backend=backend)
+    grid = qp.dequantize(codes, q.scale, q.zero_point)
     return clamped + (grid.to(x.dtype) - clamped).detach()
 
 
-def lsq_fake_quantize(weight, scale, limit):
+def lsq_fake_quantize(weight, scale, limit, backend="auto"):
     """LSQ fake quantization (Esser et al., 2020): w_hat = clamp(round(w/s), -Q, Q) * s, with the
     straight-through gradient for w and the LSQ gradient for s scaled by 1/sqrt(numel * Q)."""
     grad_scale = 1.0 / math.sqrt(weight[0].numel() * limit)
     scale = scale * grad_scale + (scale - scale * grad_scale).detach()  # value s, gradient scaled
     ratio = (weight / scale).clamp(-limit, limit)
-    rounded = ratio + (qp.round_half_away(ratio.detach().double()).float() - ratio).detach()
+    rounded = ratio + (qp.round_half_away(ratio.detach().double(), backend).float() - ratio).detach()
     return rounded * scale
 
 
@@ -324,8 +330,8 @@ class QuantLinear(_WeightedLayer):
         return _SampleWeightedLinear.apply(x, weight, bias, alpha)
 
     def integer_op(self, x, act_min, act_max):
-        return library.apply_quant_linear(x, self.weight, self.bias, self.weight_scale,
-                                          *self._common_op_args(act_min, act_max))
+        return ste.apply_quant_linear(x, self.weight, self.bias, self.weight_scale,
+                                      self.sample_weights_for_backward, self.layer_quant(act_min, act_max))
 
 
 class QuantConv2d(_WeightedLayer):
@@ -367,9 +373,11 @@ class QuantConv2d(_WeightedLayer):
                                            self.dilation, self.groups)
 
     def integer_op(self, x, act_min, act_max):
-        return library.apply_quant_conv2d(
-            x, self.weight, self.bias, self.weight_scale, *self._common_op_args(act_min, act_max),
-            list(self.stride), list(self.padding), list(self.dilation), self.groups)
+        geometry = ConvGeometry(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                                groups=self.groups)
+        return ste.apply_quant_conv2d(x, self.weight, self.bias, self.weight_scale,
+                                      self.sample_weights_for_backward, self.layer_quant(act_min, act_max),
+                                      geometry)
 
 
 class QuantAdd(QuantModule):
@@ -405,14 +413,15 @@ class QuantAdd(QuantModule):
             return y_float
         act_min, act_max = self.activation_range()
         if self.mode == "fake":
-            return self.fake_quantize_output(fake_quantize_activation(a, self.input_qparams("a"))
-                                             + fake_quantize_activation(b, self.input_qparams("b")), act_min, act_max)
+            return self.fake_quantize_output(
+                fake_quantize_activation(a, self.input_qparams("a"), backend=self.backend)
+                + fake_quantize_activation(b, self.input_qparams("b"), backend=self.backend), act_min, act_max)
         qa, qb, qy = self.input_qparams("a"), self.input_qparams("b"), self.output_qparams
-        a_q = qp.quantize(a.detach(), qa.scale, qa.zero_point, -128, 127)
-        b_q = qp.quantize(b.detach(), qb.scale, qb.zero_point, -128, 127)
-        y = library.apply_qadd(a_q, b_q, qp.add_params(qa, qb, qy), act_min, act_max, self.backend,
-                               self.rounding)
-        return _straight_through(a + b, qp.dequantize_activation(y, qy.scale, qy.zero_point),
+        a_q = qp.quantize(a.detach(), qa.scale, qa.zero_point, -128, 127, backend=self.backend)
+        b_q = qp.quantize(b.detach(), qb.scale, qb.zero_point, -128, 127, backend=self.backend)
+        y = ste.apply_qadd(a_q, b_q, qp.add_params(qa, qb, qy), act_min, act_max, self.backend,
+                           self.rounding)
+        return _straight_through(a + b, qp.dequantize_activation(y, qy.scale, qy.zero_point, self.backend),
                                  (y > act_min) & (y < act_max))
 
 
@@ -439,11 +448,11 @@ class QuantAvgPool2d(QuantModule):
             return y_float  # its parameters are its producer's: nothing to observe
         q = self.output_qparams
         if self.mode == "fake":
-            return self.fake_quantize_output(F.avg_pool2d(fake_quantize_activation(x, q), kernel, stride, (top, left),
-                                                          count_include_pad=False))
-        x_q = qp.quantize(x.detach(), q.scale, q.zero_point, -128, 127)
-        y = library.apply_qavg_pool2d(x_q, kernel, stride, self.padding, -128, 127, self.backend)
-        return _straight_through(y_float, qp.dequantize_activation(y, q.scale, q.zero_point))
+            return self.fake_quantize_output(F.avg_pool2d(fake_quantize_activation(x, q, backend=self.backend),
+                                                          kernel, stride, (top, left), count_include_pad=False))
+        x_q = qp.quantize(x.detach(), q.scale, q.zero_point, -128, 127, backend=self.backend)
+        y = ste.apply_qavg_pool2d(x_q, kernel, stride, self.padding, -128, 127, self.backend)
+        return _straight_through(y_float, qp.dequantize_activation(y, q.scale, q.zero_point, self.backend))
 
 
 def _straight_through(float_value, integer_value, pass_mask=None):
@@ -463,6 +472,13 @@ def _padding4(padding):
     if len(padding) == 2:
         return (padding[0], padding[0], padding[1], padding[1])
     return tuple(padding)
+
+
+def parameters_outside_weighted_layers(model: nn.Module) -> list[str]:
+    """Names of `model`'s trainable parameters that no quantized weighted layer owns: per-sample
+    weights never reach their gradients (only QuantLinear / QuantConv2d fuse them)."""
+    owned = {id(p) for m in model.modules() if isinstance(m, _WeightedLayer) for p in m.parameters()}
+    return [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in owned]
 
 
 @contextlib.contextmanager

@@ -5,16 +5,25 @@ Conventions are the TFLite int8 quantization spec's: activations asymmetric int8
 a range that always contains 0 (so real zero is exactly representable, e.g. in padding), weights
 symmetric per output channel with zero point 0 (int8 in [-127, 127], int4 in [-7, 7]), biases
 int32 at scale s_x * s_w[c]. Rounding is to nearest with ties away from zero, as TFLite rounds.
+
+One formulation of each step, in torch, lives here; the rounding rule and QuantizeMultiplier
+themselves are the spec's (intunlearn.reference). Functions that take `backend` hand large
+CPU tensors to that backend's one-pass host kernels where it has them (Numba's, which give the
+torch formulation's bits in one pass instead of five or six); every other backend ("reference"
+included) gets the torch formulation.
 """
 
 from __future__ import annotations
 
-import math
-
 from dataclasses import dataclass
+from typing import NamedTuple, Optional
 
+import numpy as np
 import torch
+from torch import Tensor
 
+from intunlearn import backends
+from intunlearn import reference as spec
 from intunlearn.ops import quantize_multiplier
 
 ACTIVATION_MIN, ACTIVATION_MAX = -128, 127
@@ -27,41 +36,49 @@ def weight_max(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def _cpu_kernels():
-    """The Numba quantization kernels, or None where numba is not installed or while
-    torch.compile traces (Dynamo cannot trace a Numba call; the torch code that replaces them
-    gives the same bits and compiles into the graph)."""
+def _host_kernels(backend: str, device: torch.device):
+    """The backend's one-pass quantization kernels for tensors on `device`, or None: the torch
+    formulation below (always while torch.compile traces: Dynamo cannot trace a Numba call)."""
     if torch.compiler.is_compiling():
         return None
-    try:
-        from intunlearn.kernels.cpu import quantize as kernels
-    except ImportError:
-        return None
-    return kernels
+    return backends.host_quantizers(backend, device)
 
 
+# ---- scalars: the spec's rounding on Python numbers ----------------------------------------------
+#
+# Quantization parameters reach torch.compile as constants; these run once at trace time on them
+# (assume_constant_result), so the derived integers are constants of the graph too.
+
+
+@torch.compiler.assume_constant_result
 def round_half_away_scalar(value: float) -> int:
-    """round_half_away of one Python float, in exact float64 steps (value - trunc(value) is
-    exact), so that torch.compile folds it to a constant."""
-    truncated = math.trunc(value)
-    if abs(value - truncated) >= 0.5:
-        return truncated + (1 if value > 0 else -1)
-    return truncated
+    """The spec's round half away from zero of one Python float, as a Python int."""
+    return int(spec.round_half_away_from_zero(value))
 
 
+@torch.compiler.assume_constant_result
 def round_to_float32(value: float) -> float:
-    """The float32 nearest to a (normal-range) Python float, ties to even, as torch.tensor(value)
-    stores it, in plain Python (a constant to torch.compile)."""
-    if value == 0 or not math.isfinite(value):
-        return value
-    mantissa, exponent = math.frexp(value)  # mantissa in [0.5, 1): 24 bits kept
-    return math.ldexp(round(mantissa * 2.0**24) / 2.0**24, exponent)  # round(): ties to even
+    """The float32 nearest to a Python float (ties to even), as torch.tensor(value) stores it."""
+    return float(np.float32(value))
 
 
-def round_half_away(values: torch.Tensor) -> torch.Tensor:
+@torch.compiler.assume_constant_result
+def quantize_multiplier_scalar(real: float) -> tuple[int, int]:
+    """The spec's QuantizeMultiplier of one Python float: (multiplier, shift) as Python ints."""
+    try:
+        multiplier, shift = spec.quantize_multiplier(real)
+    except ValueError as error:
+        raise ValueError(f"real: {error}") from None
+    return int(multiplier), int(shift)
+
+
+# ---- tensors -------------------------------------------------------------------------------------
+
+
+def round_half_away(values: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Round to nearest, ties away from zero (torch.round sends ties to even). Not
     differentiable (its derivative is zero almost everywhere; STE callers detach first)."""
-    kernels = _cpu_kernels() if values.device.type == "cpu" and values.dtype == torch.float64 else None
+    kernels = _host_kernels(backend, values.device) if values.dtype == torch.float64 else None
     if kernels is not None:
         flat = values.detach().contiguous().reshape(-1)
         out = torch.empty_like(flat)
@@ -73,10 +90,10 @@ def round_half_away(values: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_activation(real: torch.Tensor, scale: float, zero_point: int, qmin: int = -128,
-                        qmax: int = 127) -> tuple[torch.Tensor, torch.Tensor]:
+                        qmax: int = 127, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """Per-tensor int8 codes clamp(round(real / scale) + zero_point, qmin, qmax) and the mask of
     entries the clamp left alone (where a straight-through gradient passes). float64 division."""
-    kernels = _cpu_kernels() if real.device.type == "cpu" and real.dtype in (torch.float32, torch.float64) else None
+    kernels = _host_kernels(backend, real.device) if real.dtype in (torch.float32, torch.float64) else None
     if kernels is not None:
         flat = real.detach().contiguous().reshape(-1)
         codes = torch.empty(flat.shape, dtype=torch.int8)
@@ -84,13 +101,14 @@ def quantize_activation(real: torch.Tensor, scale: float, zero_point: int, qmin:
         kernels.quantize_per_tensor(flat.numpy(), float(scale), int(zero_point), qmin, qmax, codes.numpy(),
                                     inside.numpy())
         return codes.reshape(real.shape), inside.reshape(real.shape)
-    unclamped = round_half_away(real.detach().double() / scale) + zero_point
+    unclamped = round_half_away(real.detach().double() / scale, backend) + zero_point
     return unclamped.clamp(qmin, qmax).to(torch.int8), (unclamped >= qmin) & (unclamped <= qmax)
 
 
-def dequantize_activation(codes: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+def dequantize_activation(codes: torch.Tensor, scale: float, zero_point: int,
+                          backend: str = "auto") -> torch.Tensor:
     """float32 scale * (codes - zero_point) of per-tensor int8 codes, the product in float64."""
-    kernels = _cpu_kernels() if codes.device.type == "cpu" else None
+    kernels = _host_kernels(backend, codes.device)
     if kernels is not None:
         flat = codes.contiguous().reshape(-1)
         out = torch.empty(flat.shape, dtype=torch.float32)
@@ -119,7 +137,7 @@ def choose_activation_qparams(min_value: float, max_value: float) -> ActivationQ
     if high == low:
         return ActivationQParams(1.0, 0)
     scale = (high - low) / (ACTIVATION_MAX - ACTIVATION_MIN)
-    zero_point = int(round_half_away(torch.tensor(ACTIVATION_MIN - low / scale, dtype=torch.float64)))
+    zero_point = round_half_away_scalar(ACTIVATION_MIN - low / scale)
     return ActivationQParams(scale, max(ACTIVATION_MIN, min(ACTIVATION_MAX, zero_point)))
 
 
@@ -138,7 +156,8 @@ def choose_weight_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
     return torch.where(absmax > 0, absmax / weight_max(bits), torch.ones_like(absmax))
 
 
-def quantize(real: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis: int | None = None):
+def quantize(real: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis: int | None = None,
+             backend: str = "auto"):
     """q = clamp(round(real / scale) + zero_point, qmin, qmax) as int8 (int32 if the range needs).
 
     scale/zero_point are scalars, or 1-D tensors applied along `axis`. The clamp is the
@@ -146,10 +165,10 @@ def quantize(real: torch.Tensor, scale, zero_point, qmin: int, qmax: int, axis: 
     """
     per_tensor = not isinstance(scale, torch.Tensor) and not isinstance(zero_point, torch.Tensor)
     if per_tensor and -128 <= qmin and qmax <= 127:
-        return quantize_activation(real, float(scale), int(zero_point), qmin, qmax)[0]
+        return quantize_activation(real, float(scale), int(zero_point), qmin, qmax, backend)[0]
     scale = _along(scale, real, axis)
     zero_point = _along(zero_point, real, axis)
-    q = round_half_away(real.double() / scale) + zero_point
+    q = round_half_away(real.double() / scale, backend) + zero_point
     dtype = torch.int8 if -128 <= qmin and qmax <= 127 else torch.int32
     return q.clamp(qmin, qmax).to(dtype)
 
@@ -189,23 +208,6 @@ def output_multipliers(input_scale: float, weight_scales: torch.Tensor, output_s
     return quantize_multiplier(input_scale * weight_scales.double() / output_scale)
 
 
-def quantize_multiplier_scalar(real: float) -> tuple[int, int]:
-    """ops.quantize_multiplier of one Python float, in plain Python (so that torch.compile
-    folds it to a constant): real = multiplier * 2**(shift - 31), multiplier in [2**30, 2**31)
-    or 0, ties of the 31-bit fraction rounded away from zero; (0, 0) below 2**-32."""
-    if not math.isfinite(real) or real < 0:
-        raise ValueError(f"real multiplier must be finite and >= 0, got {real}")
-    fraction, exponent = math.frexp(real)  # real = fraction * 2**exponent, fraction in [0.5, 1)
-    fixed = round_half_away_scalar(fraction * 2.0**31)  # exact scaling
-    if fixed == 2**31:  # the fraction rounded up to 1.0
-        fixed, exponent = fixed // 2, exponent + 1
-    if real == 0 or exponent < -31:
-        return 0, 0
-    if exponent > 30:
-        raise ValueError(f"real multiplier must round to below 2**30 (shift <= 30), got {real}")
-    return fixed, exponent
-
-
 def add_params(a: ActivationQParams, b: ActivationQParams, out: ActivationQParams, left_shift: int = 20):
     """Keyword arguments for ops.qadd, derived as TFLite's ADD Prepare does for int8.
 
@@ -219,3 +221,103 @@ def add_params(a: ActivationQParams, b: ActivationQParams, out: ActivationQParam
                          ("output", twice_max_scale / ((1 << left_shift) * out.scale))):
         params[f"{prefix}_multiplier"], params[f"{prefix}_shift"] = quantize_multiplier_scalar(real)
     return params
+
+
+# ---- the integer layer's parameters from its latent float ones -------------------------------------
+
+
+class WeightCodes(NamedTuple):
+    """Symmetric per-channel weight codes (int8 dtype) and, where asked for, the mask of weights
+    inside the clip range |w / s| <= Q (where the straight-through gradient passes) and LSQ's
+    d(w_hat / s)/ds term per weight: round(w / s) - w / s inside the range, the clamped code +-Q
+    outside (float64)."""
+
+    codes: Tensor
+    inside: Optional[Tensor]
+    slope: Optional[Tensor]
+
+
+def weight_codes(weight: Tensor, scales: Tensor, bits: int, *, mask: bool = True, slope: bool = True,
+                 backend: str = "auto") -> WeightCodes:
+    """clamp(round(w / s[c]), -Q, Q) per output channel, w / s in float64, with the STE mask and
+    LSQ slope when asked for (see WeightCodes)."""
+    limit = weight_max(bits)
+    kernels = _host_kernels(backend, weight.device)
+    if kernels is not None:
+        flat = _float_array(weight).reshape(weight.shape[0], -1)
+        codes = torch.empty(flat.shape, dtype=torch.int8)
+        inside = torch.empty(flat.shape if mask else (0, 0), dtype=torch.bool)
+        slopes = torch.empty(flat.shape if slope else (0, 0), dtype=torch.float64)
+        kernels.quantize_weight_channels(flat.numpy(), scales.detach().contiguous().numpy(), limit,
+                                         codes.numpy(), inside.numpy(), slopes.numpy())
+        return WeightCodes(codes.reshape(weight.shape), inside.reshape(weight.shape) if mask else None,
+                           slopes.reshape(weight.shape) if slope else None)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    ratio = weight.detach().double() / scales.detach().double().reshape(shape)
+    codes = round_half_away(ratio).clamp(-limit, limit)
+    inside = ratio.abs() <= limit  # LSQ's clip range, on the unrounded ratio
+    return WeightCodes(codes.to(torch.int8), inside if mask else None,
+                       torch.where(inside, codes - ratio, codes) if slope else None)
+
+
+class Requantization(NamedTuple):
+    """An integer layer's int32 bias (None without one) and per-channel (multiplier, shift)."""
+
+    bias: Optional[Tensor]
+    multiplier: Tensor
+    shift: Tensor
+
+
+def requantization_params(bias, weight_scale, input_scale, output_scale, channels,
+                          backend: str = "auto") -> Requantization:
+    """int32 bias codes round(b / (s_x s_w[c])) and (multiplier, shift) [OC] for M[c] =
+    s_x s_w[c] / s_y (TFLite's QuantizeMultiplier)."""
+    kernels = _host_kernels(backend, weight_scale.device)
+    if kernels is None:
+        scales = weight_scale.detach().double()
+        b_q = None if bias is None else quantize_bias(bias, input_scale, scales)
+        multiplier, shift = output_multipliers(input_scale, scales, output_scale)
+        return Requantization(b_q, multiplier.to(weight_scale.device), shift.to(weight_scale.device))
+    scales = weight_scale.detach().expand(channels).contiguous().numpy()
+    multiplier = torch.empty(channels, dtype=torch.int32)
+    shift = torch.empty(channels, dtype=torch.int32)
+    b_q = None if bias is None else torch.empty(channels, dtype=torch.int32)
+    status = kernels.requantization_params(
+        float(input_scale), scales, float(output_scale),
+        _NO_BIAS if bias is None else _float_array(bias).numpy(), multiplier.numpy(), shift.numpy(),
+        _NO_BIAS_CODES if b_q is None else b_q.numpy())
+    if status:  # the messages of the torch formulation
+        if status == 3:
+            raise ValueError("bias does not fit int32 at scale input_scale * weight_scale")
+        real = input_scale * scales.astype(np.float64) / output_scale
+        raise ValueError(f"real: real multiplier must be {'finite and >= 0' if status == 1 else 'below 2**30 (shift <= 30)'}"
+                         f", got {real}")
+    return Requantization(b_q, multiplier, shift)
+
+
+_NO_BIAS, _NO_BIAS_CODES = np.zeros(0, np.float32), np.zeros(0, np.int32)
+
+
+def _float_array(values: Tensor) -> Tensor:
+    """float32 or float64 values as they are (the kernels divide in float64); other floating
+    types widened to float64, which holds them exactly."""
+    values = values.detach()
+    return (values if values.dtype in (torch.float32, torch.float64) else values.double()).contiguous()
+
+
+class IntegerParams(NamedTuple):
+    """What the integer layer computes with: int8 weight codes, int32 bias (or None) and the
+    per-channel requantization (multiplier, shift)."""
+
+    weight: Tensor
+    bias: Optional[Tensor]
+    multiplier: Tensor
+    shift: Tensor
+
+
+def integer_params(weight, bias, weight_scale, input_scale, output_scale, weight_bits,
+                   backend: str = "auto") -> IntegerParams:
+    """The integer layer's parameters from the latent float ones, for M[c] = s_x s_w[c] / s_y."""
+    codes = weight_codes(weight, weight_scale, weight_bits, mask=False, slope=False, backend=backend).codes
+    return IntegerParams(codes, *requantization_params(bias, weight_scale, input_scale, output_scale,
+                                                       weight.shape[0], backend))

@@ -43,3 +43,12 @@ def unpack_int4(packed, length: int):
     high = as_int8 >> 4
     both = np.stack([low, high], axis=-1).reshape(packed.shape[:-1] + (2 * packed.shape[-1],))
     return both[..., :length].astype(np.int8)
+
+
+def unpacked_weight(weight, length: int):
+    """A layer's int8 weight values [OUT, length] from its stored form: uint8 weights are packed
+    int4 [OUT, ceil(length/2)] and get unpacked, int8 weights are reshaped."""
+    weight = np.asarray(weight)
+    if weight.dtype == np.uint8:
+        return unpack_int4(weight.reshape(weight.shape[0], -1), length)
+    return weight.reshape(weight.shape[0], length)

@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import intunlearn  # noqa: F401  (registers the ops)
-from intunlearn import library
 from intunlearn import qparams as qp
+from intunlearn import ste
+from intunlearn.layer_params import ConvGeometry, LayerQuant
 from intunlearn.backends import BACKENDS
 from intunlearn.modules import lsq_fake_quantize
 
@@ -98,10 +99,23 @@ def float64_reference_grads(inputs, op_output, geometry=None):
     return upstream.float(), grad_x * x_mask, grad_w * w_mask, grad_b
 
 
+def eager_quant_linear(x, weight, bias, weight_scale, sample_weights, *quant):
+    """ste.apply_quant_linear with the custom op's flat arguments."""
+    return ste.apply_quant_linear(x, weight, bias, weight_scale, sample_weights, LayerQuant(*quant))
+
+
+def eager_quant_conv2d(x, weight, bias, weight_scale, sample_weights, *quant_and_geometry):
+    """ste.apply_quant_conv2d with the custom op's flat arguments."""
+    fields = len(LayerQuant._fields)
+    return ste.apply_quant_conv2d(x, weight, bias, weight_scale, sample_weights,
+                                  LayerQuant(*quant_and_geometry[:fields]),
+                                  ConvGeometry.of(*quant_and_geometry[fields:]))
+
+
 # The training ops are reached two ways: the custom ops (what torch.compile traces) and the
 # eager autograd.Function the modules call; both must give the STE gradients.
 ENTRY_POINTS = {"custom_op": (OPS.quant_linear, OPS.quant_conv2d),
-                "eager": (library.apply_quant_linear, library.apply_quant_conv2d)}
+                "eager": (eager_quant_linear, eager_quant_conv2d)}
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)
@@ -173,11 +187,11 @@ def test_training_ops_name_mismatched_shapes():
     inputs = linear_inputs(0, "auto")
     inputs["x"] = torch.randn(5, 6)
     with pytest.raises(ValueError, match="same IN"):
-        library.apply_quant_linear(*inputs.values())
+        eager_quant_linear(*inputs.values())
     inputs = conv_inputs(0, "auto")
     inputs["groups"] = 3
     with pytest.raises(ValueError, match="groups"):
-        library.apply_quant_conv2d(*inputs.values())
+        eager_quant_conv2d(*inputs.values())
 
 
 @pytest.mark.parametrize("change, message", [
@@ -198,8 +212,8 @@ def test_training_ops_name_bad_parameters(change, message, entry):
 
 def test_training_weight_codes_of_float64_weights_are_computed_in_float64():
     """2.4999999999 rounds to 2 (float32 would first make it 2.5 and round to 3)."""
-    codes, inside, slope = library.quantize_weight(torch.tensor([[2.4999999999]], dtype=torch.float64),
-                                                   torch.tensor([1.0], dtype=torch.float64), 8)
+    codes, inside, slope = qp.weight_codes(torch.tensor([[2.4999999999]], dtype=torch.float64),
+                                           torch.tensor([1.0], dtype=torch.float64), 8)
     assert codes.item() == 2 and inside.item() and slope.item() == pytest.approx(-0.4999999999)
 
 
@@ -208,5 +222,5 @@ def test_training_ops_on_meta_tensors_give_meta_outputs():
     inputs = linear_inputs(0, "auto")
     for name in ("x", "weight", "bias", "weight_scale", "sample_weights"):
         inputs[name] = inputs[name].detach().to("meta")
-    out = library.apply_quant_linear(*inputs.values())
+    out = eager_quant_linear(*inputs.values())
     assert out.device.type == "meta" and out.shape == (5, 4)

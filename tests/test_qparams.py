@@ -101,9 +101,9 @@ def _round_half_away_oracle(values):
 @given(st.integers(1, 5), st.integers(1, 9), st.sampled_from([4, 8]), st.integers(0, 2**32 - 1),
        st.booleans())
 def test_training_weight_quantizer_matches_the_float64_formulation(rows, cols, bits, seed, ties):
-    """library.quantize_weight (a Numba pass on CPU): codes, STE mask and LSQ slope exactly as
+    """qparams.weight_codes (a Numba pass on CPU): codes, STE mask and LSQ slope exactly as
     the float64 formulas give them, ties (w / s = k + 1/2) and clipping included."""
-    from intunlearn.library import quantize_weight
+    quantize_weight = qparams.weight_codes
     rng = np.random.default_rng(seed)
     limit = qparams.weight_max(bits)
     scales = torch.from_numpy(rng.uniform(0.01, 1.0, rows).astype(np.float32))
@@ -126,7 +126,7 @@ def test_training_weight_quantizer_matches_the_float64_formulation(rows, cols, b
 def test_integer_params_match_the_reference_multiplier_and_bias(weight_scales, input_scale, output_scale, seed):
     """The fused Numba derivation of multipliers, shifts and int32 biases equals
     reference QuantizeMultiplier and qparams.quantize_bias."""
-    from intunlearn.library import integer_params
+    integer_params = qparams.integer_params
     from intunlearn.reference.fixedpoint import quantize_multiplier
     scales = torch.tensor(weight_scales, dtype=torch.float32)
     real = input_scale * scales.double() / output_scale
@@ -147,7 +147,7 @@ def test_integer_params_match_the_reference_multiplier_and_bias(weight_scales, i
 
 
 def test_integer_params_name_what_does_not_fit():
-    from intunlearn.library import integer_params
+    integer_params = qparams.integer_params
     weight, scales = torch.ones(2, 3), torch.tensor([1.0, 1.0])
     with pytest.raises(ValueError, match="bias does not fit int32"):
         integer_params(weight, torch.tensor([1e6, 0.0]), scales, 1e-6, 1.0, 8)

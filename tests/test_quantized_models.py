@@ -368,11 +368,12 @@ def test_sample_weights_name_a_bad_alpha(mode, alpha, error, message):
 def test_training_op_names_sample_weights_of_the_wrong_length():
     model = intunlearn.quantize(mlp(), calibration=torch.randn(16, 12))
     layer = modules_of(model, intunlearn.modules.QuantLinear)[0]
-    args = layer._common_op_args(-128, 127)
+    quant = layer.layer_quant(-128, 127)
     x = torch.randn(4, 12)
-    for entry in (intunlearn.library.apply_quant_linear, torch.ops.intunlearn.quant_linear):
+    for entry in (intunlearn.ste.apply_quant_linear,
+                  lambda *args: torch.ops.intunlearn.quant_linear(*args[:-1], *args[-1])):
         with pytest.raises(ValueError, match=r"sample_weights must be a floating tensor \[4\]"):
-            entry(x, layer.weight, layer.bias, layer.weight_scale, torch.ones(3), *args[1:])
+            entry(x, layer.weight, layer.bias, layer.weight_scale, torch.ones(3), quant)
 
 
 def test_residual_add_follows_the_models_rounding(monkeypatch):
@@ -387,8 +388,8 @@ def test_residual_add_follows_the_models_rounding(monkeypatch):
     a_q, b_q = codes.repeat_interleave(256), codes.repeat(256)
     a, b = qp.dequantize(a_q, qa.scale, qa.zero_point), qp.dequantize(b_q, qb.scale, qb.zero_point)
     seen = []
-    real_apply_qadd = intunlearn.library.apply_qadd
-    monkeypatch.setattr(intunlearn.library, "apply_qadd",
+    real_apply_qadd = intunlearn.ste.apply_qadd
+    monkeypatch.setattr(intunlearn.ste, "apply_qadd",
                         lambda *args: seen.append(args[-1]) or real_apply_qadd(*args))
     got = int8_codes(add(a, b), qy)
     params = dict(qp.add_params(qa, qb, qy), act_min=add.activation_range()[0], act_max=127,

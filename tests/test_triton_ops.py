@@ -380,3 +380,12 @@ def test_triton_cpu_tensors_need_interpreter(monkeypatch):
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         triton_gpu.qavg_pool2d(torch.zeros((1, 1, 2, 2), dtype=torch.int8), kernel_size=(2, 2),
                                stride=(2, 2), padding=(0, 0, 0, 0), act_min=-128, act_max=127)
+
+
+@given(size=st.integers(1, 300), kernel=st.integers(1, 11), stride=st.integers(1, 5),
+       pad_before=st.integers(0, 6), pad_after=st.integers(0, 6), dilation=st.integers(1, 4))
+def test_the_gpu_kernels_conv_output_size_is_the_specs(size, kernel, stride, pad_before, pad_after, dilation):
+    """kernels/gpu keeps its own copy (kernels import nothing from the engine); it must be the spec's."""
+    from intunlearn.kernels.gpu.conv import conv2d_output_size
+    assert conv2d_output_size(size, kernel, stride, pad_before, pad_after, dilation) == \
+        spec.conv2d_output_size(size, kernel, stride, pad_before, pad_after, dilation)

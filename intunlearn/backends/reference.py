@@ -22,9 +22,7 @@ def _to_device(result: np.ndarray, like: torch.Tensor) -> torch.Tensor:
 
 def unpacked_weight(weight: torch.Tensor, length: int) -> np.ndarray:
     """int8 weight values [OUT, length]; uint8 weights are packed int4 and get unpacked."""
-    if weight.dtype == torch.uint8:
-        return spec.unpack_int4(_numpy(weight), length)
-    return _numpy(weight).reshape(weight.shape[0], length)
+    return spec.unpacked_weight(_numpy(weight), length)
 
 
 def qlinear(x, weight, bias, *, in_features, multiplier, shift, **params):
@@ -49,69 +47,34 @@ def qavg_pool2d(x, **params):
     return _to_device(spec.qavg_pool2d(_numpy(x), **params), x)
 
 
-# --------------------------------------------------------------------------------------------
-# STE backward, in float64 torch: the readable definition the kernels' backward must match.
-# --------------------------------------------------------------------------------------------
+# STE backward: the spec's float64 definition (intunlearn.reference.backward), float32 results.
 
 
-def _masked_upstream(grad_output, output, act_min, act_max):
-    """dL/dy_real where the output was not clamped; outputs at the limits count as clamped."""
-    inside = (output > act_min) & (output < act_max)
-    return torch.where(inside, grad_output.double(), 0.0)
+def _float32(result, like: torch.Tensor):
+    return None if result is None else _to_device(result.astype(np.float32), like)
 
 
-def _real_weight(weight, weight_shape, weight_scales):
-    """s_w[c] * w[c] in float64, with weight_shape [OUT, ...] (unpacking packed int4)."""
+def _backward_arrays(grad_output, output, x, sample_weights, weight_scales):
+    return (_numpy(grad_output), _numpy(output), _numpy(x),
+            None if sample_weights is None else _numpy(sample_weights), _numpy(weight_scales))
+
+
+def qlinear_backward(grad_output, output, x, weight, *, in_features, weight_scales,
+                     sample_weights=None, **params):
+    """STE gradients of a qlinear (float32 grad_input, grad_weight, grad_bias; None where not
+    needed); see intunlearn.reference.backward."""
+    g, y, x_values, alpha, scales = _backward_arrays(grad_output, output, x, sample_weights, weight_scales)
+    grads = spec.backward.qlinear_backward(g, y, x_values, unpacked_weight(weight, in_features),
+                                           weight_scales=scales, sample_weights=alpha, **params)
+    return tuple(_float32(grad, grad_output) for grad in grads)
+
+
+def qconv2d_backward(grad_output, output, x, weight, *, weight_shape, weight_scales,
+                     sample_weights=None, **params):
+    """STE gradients of a qconv2d; as qlinear_backward. padding (top, bottom, left, right)."""
+    g, y, x_values, alpha, scales = _backward_arrays(grad_output, output, x, sample_weights, weight_scales)
     length = int(np.prod(weight_shape[1:]))
-    values = torch.from_numpy(unpacked_weight(weight, length).astype(np.float64)).reshape(weight_shape)
-    scales = weight_scales.double().cpu().reshape((-1,) + (1,) * (len(weight_shape) - 1))
-    return (values * scales).to(weight.device)
-
-
-def _per_sample(values, sample_weights):
-    if sample_weights is None:
-        return values
-    return values * sample_weights.double().reshape((-1,) + (1,) * (values.dim() - 1))
-
-
-def qlinear_backward(grad_output, output, x, weight, *, in_features, input_zero_point, input_scale,
-                     weight_scales, act_min, act_max, sample_weights=None, needs_input_grad=True,
-                     needs_weight_grad=True):
-    """STE gradients of a qlinear (see DESIGN.md). sample_weights alpha [N] weight each sample's
-    contribution to grad_weight and grad_bias only: grad_input stays per-sample, so that every
-    layer applying alpha to its own weight-gradient reduction gives the gradient of
-    sum_i alpha_i L_i exactly once. Returns float32 (grad_input, grad_weight, grad_bias)."""
-    g = _masked_upstream(grad_output, output, act_min, act_max)
-    grad_input = grad_weight = grad_bias = None
-    if needs_input_grad:
-        w_real = _real_weight(weight, (weight.shape[0], in_features), weight_scales)
-        grad_input = (g @ w_real).float()
-    if needs_weight_grad:
-        x_real = input_scale * (x.double() - input_zero_point)
-        weighted = _per_sample(g, sample_weights)
-        grad_weight = (weighted.T @ x_real).float()
-        grad_bias = weighted.sum(dim=0).float()
-    return grad_input, grad_weight, grad_bias
-
-
-def qconv2d_backward(grad_output, output, x, weight, *, weight_shape, stride, padding, dilation,
-                     groups, input_zero_point, input_scale, weight_scales, act_min, act_max,
-                     sample_weights=None, needs_input_grad=True, needs_weight_grad=True):
-    """STE gradients of a qconv2d; alpha as in qlinear_backward. padding (top, bottom, left, right)."""
-    g = _masked_upstream(grad_output, output, act_min, act_max)
-    top, bottom, left, right = padding
-    padded_shape = (x.shape[0], x.shape[1], x.shape[2] + top + bottom, x.shape[3] + left + right)
-    grad_input = grad_weight = grad_bias = None
-    if needs_input_grad:
-        w_real = _real_weight(weight, weight_shape, weight_scales)
-        padded = torch.nn.grad.conv2d_input(padded_shape, w_real, g, stride=stride,
-                                            dilation=dilation, groups=groups)
-        grad_input = padded[:, :, top:top + x.shape[2], left:left + x.shape[3]].float()
-    if needs_weight_grad:
-        x_real = input_scale * (x.double() - input_zero_point)
-        x_padded = torch.nn.functional.pad(x_real, (left, right, top, bottom))
-        weighted = _per_sample(g, sample_weights)
-        grad_weight = torch.nn.grad.conv2d_weight(x_padded, weight_shape, weighted, stride=stride,
-                                                  dilation=dilation, groups=groups).float()
-        grad_bias = weighted.sum(dim=(0, 2, 3)).float()
-    return grad_input, grad_weight, grad_bias
+    w = unpacked_weight(weight, length).reshape(weight_shape)
+    grads = spec.backward.qconv2d_backward(g, y, x_values, w, weight_scales=scales, sample_weights=alpha,
+                                           **params)
+    return tuple(_float32(grad, grad_output) for grad in grads)

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from intunlearn.modules import parameters_outside_weighted_layers
 from intunlearn.modules import sample_weights as record_sample_weights
 
 
@@ -47,6 +48,9 @@ def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torc
     (Q-MUL recomputes its weights every epoch). loss_sign=-1 ascends the loss (gradient ascent).
     extra_loss(model, epoch): a term added to every batch's objective as is (not multiplied by
     loss_sign), e.g. an l1 penalty on the weights.
+    Per-sample weights reach the gradients through the quantized layers' weight-gradient
+    reductions (intunlearn.sample_weights), not through the loss: so a model trained with alpha
+    must have every trainable parameter in a QuantLinear / QuantConv2d, which is checked.
     gradient_mask {parameter name: bool tensor of the parameter's shape}: only the True entries
     of those parameters are trained. Their gradients are masked before each optimizer step and
     the False entries are put back to their values after it, so that neither weight decay nor
@@ -75,6 +79,8 @@ def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torc
         if on_epoch_start is not None:
             alpha = on_epoch_start(epoch)
             model.train()
+        if alpha is not None:
+            _check_sample_weights_reach(model, alpha, len(x))
         for batch in batches(len(x), config.batch_size, generator):
             optimizer.zero_grad(set_to_none=True)
             weights = None if alpha is None else alpha[batch]
@@ -94,6 +100,17 @@ def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torc
                     parameter.copy_(torch.where(mask, parameter, frozen))
             schedule.step()
     return model.eval()
+
+
+def _check_sample_weights_reach(model, alpha, samples):
+    if alpha.dim() != 1 or len(alpha) != samples:
+        raise ValueError(f"alpha must have one weight per training sample ({samples}), got shape "
+                         f"{tuple(alpha.shape)}")
+    outside = parameters_outside_weighted_layers(model)
+    if outside:
+        raise ValueError(f"per-sample weights reach only quantized layers' gradients, but the "
+                         f"parameters {outside} lie outside them (convert the model with "
+                         f"intunlearn.quantize)")
 
 
 @torch.no_grad()

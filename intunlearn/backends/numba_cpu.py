@@ -22,6 +22,9 @@ import torch
 from intunlearn.kernels.cpu import elementwise as _elementwise
 from intunlearn.kernels.cpu import int_gemm as _gemm
 from intunlearn.kernels.cpu import microkernel as _microkernel
+from intunlearn.kernels.cpu import microkernel_avx2 as _microkernel_avx2
+from intunlearn.kernels.cpu import microkernel_dot as _microkernel_dot
+from intunlearn.kernels.cpu import pair_gemm as _pairs
 
 _MASK32 = 0xFFFFFFFF
 
@@ -38,21 +41,43 @@ def _per_channel(values: torch.Tensor, channels: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(array, (channels,)))
 
 
-# The micro-kernel's instruction set: "vnni" (AVX-512 VNNI vpdpbusd) where the machine Numba
-# compiles for has it, else "generic" (portable vector IR). Both are bit-exact; FORCE_ISA (or
-# the environment variable INTUNLEARN_NUMBA_ISA) selects one, e.g. to test the fallback.
+# The micro-kernels' instruction set, chosen from the features of the machine Numba compiles
+# for (NUMBA_CPU_NAME / NUMBA_CPU_FEATURES honoured), best first:
+#   "vnni"     AVX-512 VNNI vpdpbusd on zmm (int8 panels; packed int4 unpacked in registers)
+#   "avxvnni"  AVX-VNNI vpdpbusd on ymm (int8 panels); few rows as "avx2"
+#   "avx2"     vpmaddwd on int16 pair panels and an int16 x - z_x image (microkernel_avx2.py)
+#   "dotprod"  aarch64 sdot on int8 panels (microkernel_dot.py)
+#   "generic"  portable vector IR (any CPU)
+# All are bit-exact. FORCE_ISA (or the environment variable INTUNLEARN_NUMBA_ISA) selects one,
+# e.g. to test a path on a machine that would pick another; "dotprod" can be forced anywhere
+# (without the Arm extension it runs the same arithmetic as portable IR, slowly).
+ISAS = ("vnni", "avxvnni", "avx2", "dotprod", "generic")
 FORCE_ISA: str | None = None
+
+
+def _isa_native(isa: str) -> bool:
+    """Whether the target CPU has the instructions the path is written for."""
+    return {"vnni": _microkernel.has_vnni512, "avxvnni": _microkernel_avx2.has_avxvnni,
+            "avx2": _microkernel_avx2.has_avx2, "dotprod": _microkernel_dot.has_dotprod,
+            "generic": lambda: True}[isa]()
+
+
+def isa_runs_here(isa: str) -> bool:
+    """Whether the path can be forced on this machine."""
+    return isa == "dotprod" or _isa_native(isa)
 
 
 def kernel_isa() -> str:
     forced = FORCE_ISA or os.environ.get("INTUNLEARN_NUMBA_ISA")
     if forced:
-        if forced not in ("vnni", "generic"):
-            raise ValueError(f"INTUNLEARN_NUMBA_ISA must be 'vnni' or 'generic', got {forced!r}")
-        if forced == "vnni" and not _microkernel.has_vnni512():
-            raise ValueError("the 'vnni' kernel needs AVX-512 VNNI, which this CPU lacks")
+        if forced not in ISAS:
+            raise ValueError(f"INTUNLEARN_NUMBA_ISA must be one of {', '.join(map(repr, ISAS))}, "
+                             f"got {forced!r}")
+        if not isa_runs_here(forced):
+            raise ValueError(f"the {forced!r} kernel needs a CPU feature that the target CPU "
+                             f"({_microkernel.target_cpu_name()}) lacks")
         return forced
-    return "vnni" if _microkernel.has_vnni512() else "generic"
+    return next(isa for isa in ISAS if _isa_native(isa))
 
 
 def _weight_array(weight, out_channels) -> np.ndarray:
@@ -133,7 +158,18 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
     top, bottom, left, right = padding
     taps = kernel_h * kernel_w
     length = group_channels * taps
-    vnni = kernel_isa() == "vnni"
+    isa = kernel_isa()
+    if isa == "avx2" and row_correction is None and _pairs.pairs_exact(input_zero_point):
+        return _run_conv_pairs(x4, weight2d, bias, groups=groups, kernel_size=kernel_size,
+                               geometry=geometry, padding=padding,
+                               input_zero_point=input_zero_point,
+                               output_zero_point=output_zero_point, multiplier=multiplier,
+                               shift=shift, act_min=act_min, act_max=act_max, rounding=rounding,
+                               extra_correction=extra_correction)
+    vnni = isa == "vnni"
+    # The image holds u = x + 128; the sdot kernel flips it back to x in registers, so its
+    # accumulator is sum w x and the correction's offset is 0 instead of 128.
+    offset = 0 if isa == "dotprod" else 128
     # Packed int4 stays packed (half the panel bytes, unpacked in registers) on VNNI, except
     # where the correction needs the weights per tap (z_x not an int8, with padding).
     int4_panel = (weight2d.dtype == np.uint8 and vnni
@@ -167,14 +203,15 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
         # Padding taps hold z_x + 128 like any tap whose x equals z_x: one correction per channel.
         pad_byte = input_zero_point + 128 if -128 <= input_zero_point <= 127 else 128
         qparams, correction, multiplier64, shift64 = _gemm.channel_epilogue(
-            bias32, weight_sums, np.int64(_wrap32(128 + z_x)), np.int64(_wrap32(extra_correction)),
+            bias32, weight_sums, np.int64(_wrap32(offset + z_x)), np.int64(_wrap32(extra_correction)),
             multiplier32, shift32)
     else:
         # z_x is not an int8: padding taps hold x = 0, and the correction sums only the weights
         # of in-image taps, per output position (the scalar epilogue, on raw int32 tiles).
         pad_byte = 128
         qparams, base, multiplier64, shift64 = _gemm.channel_epilogue(
-            bias32, weight_sums, np.int64(128), np.int64(_wrap32(extra_correction)), multiplier32, shift32)
+            bias32, weight_sums, np.int64(offset), np.int64(_wrap32(extra_correction)), multiplier32,
+            shift32)
         sums = _gemm.valid_weight_sums(weight2d, groups, group_channels, geometry, height, width)
         correction = np.ascontiguousarray(_wrap32(base - _wrap32(_wrap32(sums) * z_x)))
     if row_correction is None:
@@ -200,7 +237,8 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
                         np.int64)
     params = (np.int64(_wrap32(output_zero_point)), np.int64(act_min), np.int64(act_max),
               rounding == "single", np.int64(positions))
-    isa = _gemm.ISA_VNNI_INT4 if int4_panel else _gemm.ISA_VNNI if vnni else _gemm.ISA_GENERIC
+    isa = (_gemm.ISA_VNNI_INT4 if int4_panel else _gemm.ISA_VNNI if vnni
+           else {"avxvnni": _gemm.ISA_AVXVNNI, "dotprod": _gemm.ISA_SDOT}.get(isa, _gemm.ISA_GENERIC))
     _gemm.conv_requant(image, panel, tap_offsets, np.int64(channels_padded // k_step),
                        (np.int64(height_padded), np.int64(width_padded), np.int64(groups),
                         np.int64(channels_padded)),
@@ -208,6 +246,63 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
                        qparams, epilogue, correction, row_correction, multiplier64, shift64, out,
                        params, np.int64(rows_per_block), np.int64(channel_splits), fused,
                        np.int64(isa))
+    return _to_nchw(out.reshape(batch, positions, out_channels))
+
+
+def _run_conv_pairs(x4, weight2d, bias, *, groups, kernel_size, geometry, padding,
+                    input_zero_point, output_zero_point, multiplier, shift, act_min, act_max,
+                    rounding, extra_correction=0):
+    """_run_conv on the AVX2 path: int16 pair panels and an int16 image of x - z_x (padding
+    0), so the accumulator is already sum w (x - z_x) and the epilogue adds only the bias
+    (kernels/cpu/pair_gemm.py). The GEMM driver reads both through byte views."""
+    batch, channels, height, width = x4.shape
+    out_channels = weight2d.shape[0]
+    group_channels = channels // groups
+    kernel_h, kernel_w = kernel_size
+    _, _, stride_h, stride_w, _, _, dilation_h, dilation_w, out_w, positions = geometry
+    top, bottom, left, right = padding
+    taps = kernel_h * kernel_w
+    channels_padded = _gemm.padded(group_channels, _pairs.PAIR)
+    if weight2d.dtype == np.uint8:  # packed int4: the same int16 panels as int8
+        with _serial_if_small(weight2d.size * 2):
+            weight2d = _gemm.unpack_int4_rows(weight2d, group_channels * taps)
+    with _serial_if_small(out_channels * taps * channels_padded * 2):
+        panel = _pairs.pack_pair_panel(weight2d, groups, group_channels, taps, channels_padded)
+    height_padded, width_padded = height + top + bottom, width + left + right
+    if height == width == 1 and groups == 1 and height_padded == width_padded == 1:
+        image = np.zeros((batch, channels_padded), np.int16)  # linear rows: x - z_x in place
+        np.subtract(x4.reshape(batch, channels), np.int16(input_zero_point), out=image[:, :channels],
+                    dtype=np.int16)
+        image = image.reshape(-1)
+    else:
+        with _serial_if_small(batch * height_padded * width_padded * channels_padded * 2):
+            image = _pairs.pad_nhwc_pairs(x4, groups, channels_padded, top, left, height_padded,
+                                          width_padded, np.int64(input_zero_point))
+    bias32 = _NO_BIAS if bias is None else bias.detach().cpu().numpy()
+    qparams, _, _, _ = _gemm.channel_epilogue(
+        bias32, np.zeros(out_channels, np.int64), np.int64(0), np.int64(_wrap32(extra_correction)),
+        multiplier.detach().cpu().numpy(), shift.detach().cpu().numpy())
+    pixel_bytes = groups * channels_padded * 2
+    tap_offsets = np.array([(ky * dilation_h * width_padded + kx * dilation_w) * pixel_bytes
+                            for ky in range(kernel_h) for kx in range(kernel_w)], np.int64)
+    rows = batch * positions
+    out = np.empty((rows, out_channels), np.int8)  # NHWC; transposed to NCHW at the end
+    if rows == 0 or out_channels == 0:
+        return out.reshape(batch, positions, out_channels).transpose(0, 2, 1)
+    channel_blocks = -(-(out_channels // groups) // _microkernel.NR)
+    rows_per_block, channel_splits = _work_split(rows, groups, channel_blocks)
+    epilogue = np.array([rounding == "single", _wrap32(output_zero_point), act_min, act_max],
+                        np.int64)
+    unused = np.zeros((1, 1), np.int64)  # the scalar epilogue's tables (fused: not read)
+    _gemm.conv_requant(image.view(np.uint8), panel.view(np.int8), tap_offsets,
+                       np.int64(channels_padded // _pairs.PAIR),
+                       (np.int64(height_padded), np.int64(width_padded), np.int64(groups),
+                        np.int64(2 * channels_padded)),
+                       (np.int64(stride_h), np.int64(stride_w), np.int64(out_w)),
+                       qparams, epilogue, unused, _NO_ROW_CORRECTION, unused[0], unused[0], out,
+                       (np.int64(0), np.int64(0), np.int64(0), False, np.int64(positions)),
+                       np.int64(rows_per_block), np.int64(channel_splits), True,
+                       np.int64(_gemm.ISA_AVX2))
     return _to_nchw(out.reshape(batch, positions, out_channels))
 
 
@@ -240,9 +335,15 @@ def qlinear(x, weight, bias, *, in_features, input_zero_point, output_zero_point
     batch = x_np.shape[0]
     if batch == 0 or weight.shape[0] == 0:
         return torch.empty((batch, weight.shape[0]), dtype=torch.int8, device=x.device)
-    if batch <= _microkernel.GEMV_ROWS and weight_zero_point == 0 and kernel_isa() == "vnni":
-        return torch.from_numpy(_gemv(x_np, weight, bias, input_zero_point, output_zero_point,
-                                      multiplier, shift, act_min, act_max, rounding)).to(x.device)
+    isa = kernel_isa()
+    if batch <= _microkernel.GEMV_ROWS and weight_zero_point == 0:
+        if isa == "vnni":
+            return torch.from_numpy(_gemv(x_np, weight, bias, input_zero_point, output_zero_point,
+                                          multiplier, shift, act_min, act_max, rounding)).to(x.device)
+        if isa in ("avx2", "avxvnni") and _pairs.pairs_exact(input_zero_point):
+            return torch.from_numpy(_gemv(x_np, weight, bias, input_zero_point, output_zero_point,
+                                          multiplier, shift, act_min, act_max, rounding,
+                                          pairs=True)).to(x.device)
     row_correction, extra = None, 0
     if weight_zero_point != 0:
         z_w = _wrap32(weight_zero_point)
@@ -260,18 +361,19 @@ def qlinear(x, weight, bias, *, in_features, input_zero_point, output_zero_point
 
 
 def _gemv(x_np, weight, bias, input_zero_point, output_zero_point, multiplier, shift, act_min,
-          act_max, rounding):
+          act_max, rounding, pairs=False):
     """A few rows (batch-1 inference): weights streamed in place, packed int4 included, no
-    panels (kernels/cpu/int_gemm.py: gemv_requant)."""
+    panels (kernels/cpu/int_gemm.py: gemv_requant; with pairs, the AVX2 int16 kernel
+    kernels/cpu/pair_gemm.py: gemv_requant_pairs)."""
     out_channels = weight.shape[0]
     w = weight.detach().cpu().contiguous().numpy()
     out = np.empty((x_np.shape[0], out_channels), np.int8)
     bias64 = np.zeros(out_channels, np.int64) if bias is None else bias.cpu().numpy().astype(np.int64)
     params = (np.int64(_wrap32(output_zero_point)), np.int64(act_min), np.int64(act_max),
               rounding == "single")
-    _gemm.gemv_requant(x_np, w, w.dtype == np.uint8, bias64, np.int64(input_zero_point),
-                       _per_channel(multiplier, out_channels), _per_channel(shift, out_channels),
-                       params, out)
+    run = _pairs.gemv_requant_pairs if pairs else _gemm.gemv_requant
+    run(x_np, w, w.dtype == np.uint8, bias64, np.int64(input_zero_point),
+        _per_channel(multiplier, out_channels), _per_channel(shift, out_channels), params, out)
     return out
 
 

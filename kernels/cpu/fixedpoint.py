@@ -31,7 +31,9 @@ def divide_truncating_by_pot(value, exponent):
 
 @njit(cache=True, nogil=True, inline="always")
 def saturating_rounding_doubling_high_mul(a, b):
-    """round(a * b / 2**31), ties away from zero; INT32_MIN * INT32_MIN saturates to INT32_MAX."""
+    """round(a * b / 2**31) with ties toward +infinity, as gemmlowp: the nudge 2**30 (1 - 2**30
+    for a negative product) and a division truncating toward zero, so -0.5 -> 0 and
+    -1.5 -> -1, 0.5 -> 1. INT32_MIN * INT32_MIN saturates to INT32_MAX."""
     if a == INT32_MIN and b == INT32_MIN:
         return np.int64(INT32_MAX)
     product = np.int64(a) * np.int64(b)  # |a * b| <= 2**62: exact in int64

@@ -43,10 +43,18 @@ from .microkernel import (GEMV_CHUNK, GEMV_ROWS, K_GROUP, MR, NR, gemv_row_vnni,
                           gemv_row_vnni_int4, gemv_tile_vnni, gemv_tile_vnni_int4, int4_tile_vnni, int4_tile_vnni_requant,
                           int8_tile_generic, int8_tile_generic_requant, int8_tile_vnni,
                           int8_tile_vnni_requant)
+from .microkernel_avx2 import (GEMV_ONE_ROW_CHANNELS, PAIR_CHANNELS, PAIR_CHUNK, PAIR_ROWS,
+                               gemv_pairs, gemv_pairs_int4, gemv_pairs_row, gemv_pairs_row_int4,
+                               int8_tile_avxvnni, int8_tile_avxvnni_requant, pair_tile_avx2,
+                               pair_tile_avx2_requant)
+from .microkernel_dot import int8_tile_sdot, int8_tile_sdot_requant
 
 ISA_GENERIC = 0    # portable vector IR (vpmaddwd / vpdpwssd on x86)
 ISA_VNNI = 1       # AVX-512 VNNI vpdpbusd
 ISA_VNNI_INT4 = 2  # vpdpbusd on packed-int4 panels (pack_int4_panel), unpacked in registers
+ISA_AVX2 = 3       # vpmaddwd on int16 pair panels (pack_pair_panel) and an int16 x - z_x image
+ISA_AVXVNNI = 4    # AVX-VNNI vpdpbusd on ymm, int8 panels as ISA_VNNI
+ISA_SDOT = 5       # aarch64 sdot on int8 panels; its accumulator is sum w x, not sum w (x + 128)
 INT4_K_STEP = 2 * K_GROUP  # k values per int4 panel word (channels are padded to a multiple)
 ROW_BLOCK = 192  # rows per work item (multiple of MR) when there are enough rows
 
@@ -395,8 +403,11 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
     Otherwise the raw int32 tile goes through the scalar epilogue with correction int64
     [1 or positions, OC], row_correction int64 [rows] or [1], multiplier/shift int64 [OC] and
     params = (z_y, act_min, act_max, single_rounding, positions).
-    isa: ISA_VNNI, ISA_GENERIC (same results) or, with pack_int4_panel's panel and
-    groups_per_tap counting pairs of k-groups, ISA_VNNI_INT4."""
+    isa: ISA_VNNI, ISA_AVXVNNI, ISA_GENERIC (same results), ISA_SDOT (sum w x: the caller's
+    correction uses z_x instead of 128 + z_x) or, with pack_int4_panel's panel and
+    groups_per_tap counting pairs of k-groups, ISA_VNNI_INT4. ISA_AVX2 reads an int16 image
+    (pad_nhwc_pairs) and pack_pair_panel's panel through byte views: image_geometry's Cgp
+    and the tap offsets count bytes, groups_per_tap counts k-pairs."""
     height_padded, width_padded, groups, channels_padded = image_geometry
     stride_h, stride_w, out_w = conv_geometry
     positions = params[4]
@@ -431,7 +442,19 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
                     row_offsets[m] = (((n * height_padded + oy * stride_h) * width_padded
                                        + ox * stride_w) * pixel + g * channels_padded)
                 if fused:
-                    if isa == ISA_VNNI_INT4:
+                    if isa == ISA_AVX2:
+                        pair_tile_avx2_requant(image, row_offsets, tap_offsets, groups_per_tap,
+                                               panel, panel_start, qparams, channel_start,
+                                               epilogue, tile8)
+                    elif isa == ISA_SDOT:
+                        int8_tile_sdot_requant(image, row_offsets, tap_offsets, groups_per_tap,
+                                               panel, panel_start, qparams, channel_start,
+                                               epilogue, tile8)
+                    elif isa == ISA_AVXVNNI:
+                        int8_tile_avxvnni_requant(image, row_offsets, tap_offsets, groups_per_tap,
+                                                  panel, panel_start, qparams, channel_start,
+                                                  epilogue, tile8)
+                    elif isa == ISA_VNNI_INT4:
                         int4_tile_vnni_requant(image, row_offsets, tap_offsets, groups_per_tap,
                                                panel, panel_start, qparams, channel_start,
                                                epilogue, tile8)
@@ -447,7 +470,16 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
                         out[i + m, channel_start:channel_start + channel_count] = \
                             tile8[m * NR:m * NR + channel_count]
                 else:
-                    if isa == ISA_VNNI_INT4:
+                    if isa == ISA_AVX2:
+                        pair_tile_avx2(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                       panel_start, qparams, channel_start, epilogue, tile32)
+                    elif isa == ISA_SDOT:
+                        int8_tile_sdot(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                       panel_start, qparams, channel_start, epilogue, tile32)
+                    elif isa == ISA_AVXVNNI:
+                        int8_tile_avxvnni(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                          panel_start, qparams, channel_start, epilogue, tile32)
+                    elif isa == ISA_VNNI_INT4:
                         int4_tile_vnni(image, row_offsets, tap_offsets, groups_per_tap, panel,
                                        panel_start, qparams, channel_start, epilogue, tile32)
                     elif isa == ISA_VNNI:

@@ -57,6 +57,12 @@ def target_features() -> frozenset[str]:
         return frozenset(name for name, on in _llvm.get_host_cpu_features().items() if on)
 
 
+def target_cpu_name() -> str:
+    """The CPU Numba compiles for: NUMBA_CPU_NAME if set, else the host's (LLVM's name)."""
+    from numba.core import config
+    return config.CPU_NAME or _llvm.get_host_cpu_name()
+
+
 def has_vnni512() -> bool:
     features = target_features()
     return {"avx512f", "avx512bw", "avx512vnni"} <= features

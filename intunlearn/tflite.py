@@ -138,13 +138,8 @@ class _Builder:
     def activation(self, name, shape, q: qp.ActivationQParams) -> int:
         return self.tensor(name, shape, self.s.TensorType.INT8, scales=[q.scale], zero_points=[q.zero_point])
 
-    def op(self, code: int, inputs, outputs, options_type=0, options=None, version=1) -> int:
-        if code not in self.opcodes:
-            opcode = self.s.OperatorCodeT()
-            opcode.builtinCode = code
-            opcode.deprecatedBuiltinCode = min(code, 127)
-            opcode.version = version
-            self.opcodes[code] = len(self.opcodes)
+    def op(self, code: int, inputs, outputs, options_type=0, options=None) -> int:
+        self.opcodes.setdefault(code, len(self.opcodes))
         operator = self.s.OperatorT()
         operator.opcodeIndex = self.opcodes[code]
         operator.inputs = np.array(inputs, dtype=np.int32)
@@ -369,7 +364,7 @@ class _Exporter:
                 self.values[node] = None
             else:
                 raise NotImplementedError(f"node {node.name!r} ({node.op} {node.target}) has no TFLite export")
-        if self.mismatches:
+        if self.mismatches and self.exact:
             raise ValueError(
                 "the runtime derives requantization multipliers and clamps from the float32 scales a "
                 ".tflite file stores, and would not reproduce this model's integers: "
@@ -650,36 +645,13 @@ def export_tflite(model: nn.Module, path, *, input_shape=None, batch_size: int =
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     exporter = _Exporter(model, input_shape, batch_size, int4_format, exact)
-    if not exact:
-        exporter_mismatches = exporter.mismatches
-    data, in_shape, out_shape = _run_exporter(exporter)
+    data, in_shape, out_shape = exporter.run()
     report = ExportReport(str(path), in_shape, out_shape, exporter.report_ops, exporter.notes, len(data))
-    if not exact and exporter_mismatches:
-        report.notes.append("not exact: " + "; ".join(exporter_mismatches[:3]))
+    if exporter.mismatches:
+        report.notes.append(f"not exact: the runtime derives other integers from the file's float32 scales in "
+                            f"{len(exporter.mismatches)} places, e.g. " + "; ".join(exporter.mismatches[:2]))
     write_bytes_atomic(path, data)
     return report
-
-
-def _run_exporter(exporter):
-    if exporter.exact:
-        return exporter.run()
-    mismatches = exporter.mismatches
-    exporter.mismatches = _Collector(mismatches)
-    try:
-        return exporter.run()
-    finally:
-        exporter.mismatches = mismatches
-
-
-class _Collector(list):
-    """A mismatch list that records into another one and reads as empty (exact=False)."""
-
-    def __init__(self, target):
-        super().__init__()
-        self.target = target
-
-    def append(self, item):
-        self.target.append(item)
 
 
 def export_tflite_bytes(model, **kwargs) -> tuple[bytes, ExportReport]:

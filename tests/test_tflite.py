@@ -362,3 +362,41 @@ def test_export_writes_atomically_and_keeps_an_old_file_on_error(tmp_path):
     tflite.export_tflite(trained("mlp", 8), path, input_shape=(1, 8, 8))
     assert path.read_bytes()[4:8] == b"TFL3"
     assert [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
+
+
+# ---- command line ---------------------------------------------------------------------------------
+
+
+def test_cli_verify_export_and_run_on_a_deployed_model(tmp_path, capsys):
+    from intunlearn.cli import main
+
+    path = tmp_path / "deployed.tflite"
+    path.write_bytes(exported("mlp", 8)[0])
+    assert main(["verify", str(path), "--samples", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "tflm: 16/16 outputs bit-identical" in out
+
+    assert main(["export", str(tmp_path / "again.tflite"), "--model", f"tflite:{path}",
+                 "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "FULLY_CONNECTED" in capsys.readouterr().out
+    assert (tmp_path / "again.tflite").read_bytes()[4:8] == b"TFL3"
+
+    assert main(["run", "--model", f"tflite:{path}", "--methods", "ft", "--unlearn-epochs", "1",
+                 "--out", str(tmp_path / "out"), "--export", str(tmp_path / "exported")]) == 0
+    out = capsys.readouterr().out
+    assert "exported ft" in out
+    assert sorted(p.name for p in (tmp_path / "exported").iterdir()) == ["ft.tflite", "original.tflite"]
+    assert main(["verify", str(tmp_path / "exported" / "ft.tflite"), "--samples", "16"]) == 0
+    assert "tflm: 16/16 outputs bit-identical" in capsys.readouterr().out
+
+
+def test_cli_names_bad_files(tmp_path, capsys):
+    from intunlearn.cli import main
+
+    bad = tmp_path / "bad.tflite"
+    bad.write_bytes(b"\x10\x00\x00\x00XXXX" + bytes(64))
+    assert main(["verify", str(bad)]) == 2
+    assert "file identifier b'XXXX'" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "missing.tflite")]) == 2
+    assert main(["run", "--model", f"tflite:{tmp_path / 'missing.tflite'}"]) == 2
+    assert "is not a .tflite file" in capsys.readouterr().err

@@ -7,6 +7,13 @@ The original model and the retrained one follow one recipe: float pre-training, 
 training in the configured arithmetic. Both are cached on disk under a hash of everything they
 depend on. Finished methods are recorded in the output folder, so an interrupted run resumes
 where it stopped.
+
+A deployed model comes in as `model="tflite:PATH"`: the file, read by `intunlearn.tflite.load_tflite`,
+is the original model (no training); its retrained counterpart is the same structure with fresh
+weights, trained in fake quantization and then in the configured arithmetic, with the file's
+activation ranges. `run_experiment(..., export_dir=DIR)` writes the original, retrained and every
+unlearned model as .tflite files; their activation scales are rounded to float32 (as a .tflite file
+stores them) before anything is evaluated, so the results describe the deployed models.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from intunlearn.unlearning.training import TrainConfig, predict_probabilities, t
 
 ARITHMETICS = ("integer", "fake")
 CACHE_VERSION = 1
+TFLITE_PREFIX = "tflite:"
 
 
 @dataclass(frozen=True)
@@ -56,12 +64,19 @@ class ExperimentConfig:
     seed: int = 0
     device: str = "cpu"
     backend: str = "auto"
+    float32_scales: bool = False  # round activation scales to float32 as a .tflite file stores them
+
+    @property
+    def tflite_path(self) -> Path | None:
+        return Path(self.model[len(TFLITE_PREFIX):]) if self.model.startswith(TFLITE_PREFIX) else None
 
     def validate(self):
         if self.arithmetic not in ARITHMETICS:
             raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}")
         if self.weight_bits not in (4, 8):
             raise ValueError(f"weight_bits must be 4 or 8, got {self.weight_bits!r}")
+        if self.tflite_path is not None and not self.tflite_path.is_file():
+            raise ValueError(f"model: {self.tflite_path} is not a .tflite file (--model tflite:PATH)")
         for name in self.methods:
             get_method(name)
         if not self.methods:
@@ -134,7 +149,10 @@ class Experiment:
 
     def _recipe_key(self, role: str, x, y) -> dict:
         c = self.config
-        return {"version": CACHE_VERSION, "role": role, "dataset": c.dataset, "data_root": c.data_root,
+        tflite = None
+        if c.tflite_path is not None:
+            tflite = hashlib.sha256(c.tflite_path.read_bytes()).hexdigest()[:16]
+        return {"tflite": tflite, "version": CACHE_VERSION, "role": role, "dataset": c.dataset, "data_root": c.data_root,
                 "device": c.device, "data": data_fingerprint(x, y), "samples": len(x),
                 "model": c.model, "width": c.width, "weight_bits": c.weight_bits, "arithmetic": c.arithmetic,
                 "pretrain_epochs": c.pretrain_epochs, "qat_epochs": c.qat_epochs, "lr": c.lr,
@@ -151,10 +169,78 @@ class Experiment:
         return intunlearn.quantize(float_model, weight_bits=self.config.weight_bits, calibration=x[:1024],
                                    mode=self.config.arithmetic, backend=self.config.backend)
 
+    def _deployable(self, model):
+        if self.config.float32_scales:
+            from intunlearn.tflite import round_scales_to_float32
+            round_scales_to_float32(model)
+        return model
+
+    def _load_tflite(self):
+        from intunlearn.tflite import load_tflite
+
+        model = load_tflite(self.config.tflite_path).to(self.device)
+        shape = tuple(model.meta["tflite_input_shape"])
+        if shape != tuple(self.data.input_shape):
+            raise ValueError(f"model: {self.config.tflite_path} takes inputs of shape {shape}, the data set "
+                             f"{self.config.dataset!r} has {tuple(self.data.input_shape)}")
+        with torch.no_grad():
+            outputs = model(self.data.x_train[:1].to(self.device)).shape
+        if tuple(outputs) != (1, self.data.num_classes):
+            raise ValueError(f"model: {self.config.tflite_path} outputs shape {tuple(outputs)[1:]}, the data set "
+                             f"has {self.data.num_classes} classes")
+        for module in model.modules():
+            if isinstance(module, intunlearn.modules.QuantModule):
+                module.backend = self.config.backend
+        return intunlearn.set_arithmetic(model, self.config.arithmetic)
+
+    def _tflite_recipe(self, x, y, seed, role, path):
+        """The imported model (original), or its structure with fresh weights trained on (x, y)
+        in fake quantization, then in the configured arithmetic (retrain)."""
+        model = self._load_tflite()
+        if role == "original":
+            return model.eval()
+        torch.manual_seed(seed)
+        from intunlearn.modules import QuantLinear, _WeightedLayer
+        for layer in model.modules():
+            if isinstance(layer, _WeightedLayer):
+                weight = torch.empty_like(layer.weight)
+                torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+                QuantLinear.load_float(layer, weight, None if layer.bias is None else torch.zeros_like(layer.bias))
+        if path.exists():
+            return self._load_cached(model, path)
+        c = self.config
+        intunlearn.set_arithmetic(model, "fake")
+        train(model, x, y, TrainConfig(c.pretrain_epochs, c.lr, c.batch_size), seed=seed,
+              desc=f"{role}: fake-quant training of the imported structure")
+        intunlearn.set_arithmetic(model, c.arithmetic)
+        train(model, x, y, TrainConfig(c.qat_epochs, c.lr * 0.1, c.batch_size), seed=seed + 1,
+              desc=f"{role}: quantization-aware training ({c.arithmetic})")
+        self._save_cached(model, path)
+        return model
+
+    def _load_cached(self, model, path):
+        try:
+            model.load_state_dict(torch.load(path, weights_only=True, map_location=self.device))
+        except Exception as error:  # a truncated or foreign file: say which one
+            raise ValueError(f"the cached model {path} cannot be loaded ({type(error).__name__}: "
+                             f"{error}); delete it to train it again") from None
+        return model.eval()
+
+    def _save_cached(self, model, path):
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        write_bytes_atomic(path, buffer.getvalue())
+
     def run_recipe(self, x, y, seed: int, role: str):
-        """Float pre-training, conversion, quantization-aware training; cached on disk."""
+        """Float pre-training, conversion, quantization-aware training; cached on disk. With
+        float32_scales, the result's activation scales are rounded to float32 (not cached)."""
+        return self._deployable(self._run_recipe(x, y, seed, role))
+
+    def _run_recipe(self, x, y, seed: int, role: str):
         key = self._recipe_key(role, x, y)
         path = self.cache_dir / f"{role}-{config_hash(key)}.pt"
+        if self.config.tflite_path is not None:
+            return self._tflite_recipe(x, y, seed, role, path)
         float_model = self._fresh_float_model(seed)
         c = self.config
         if path.exists():
@@ -218,11 +304,21 @@ def _missing_as_nan(value):
     return value
 
 
-def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None) -> dict:
-    """Run (or resume) the experiment; writes results.json, results.csv and results.png to out_dir."""
+def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None, export_dir=None) -> dict:
+    """Run (or resume) the experiment; writes results.json, results.csv and results.png to out_dir.
+
+    export_dir: also write the original, retrained and every unlearned model computed by this
+    call as <name>.tflite there (their scales rounded to float32 first: config.float32_scales)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out: {out_dir} exists and is not a directory")
+    if export_dir is not None:
+        export_dir = Path(export_dir)
+        if export_dir.exists() and not export_dir.is_dir():
+            raise ValueError(f"export: {export_dir} exists and is not a directory")
+        from intunlearn.tflite import _schema
+        _schema()  # the deploy extra is installed: fail before anything is trained
+        config = dataclasses.replace(config, float32_scales=True)
     experiment = Experiment(config, cache_dir, data)
     for name in config.methods:
         get_method(name).check(experiment.task())
@@ -243,6 +339,15 @@ def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None) -> d
             progress = _missing_as_nan(saved)
 
     original = experiment.original()
+    exports = {}
+
+    def export(name, model):
+        if export_dir is not None:
+            from intunlearn.tflite import export_tflite
+            report = export_tflite(model, export_dir / f"{name}.tflite", input_shape=experiment.data.input_shape)
+            exports[name] = {"path": report.path, "notes": report.notes}
+
+    export("original", original)
     if "original" not in progress["methods"]:
         progress["methods"]["original"] = {"metrics": experiment.evaluate(original), "seconds": 0.0}
     task = experiment.task()
@@ -257,8 +362,11 @@ def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None) -> d
                  "diagnostics": method.diagnostics()}
         progress["methods"][name] = entry
         write_json_atomic(progress_path, progress)
+        export(name, unlearned)
 
     results = _summarise(config, progress["methods"], experiment)
+    if export_dir is not None:
+        results["exports"] = exports
     write_json_atomic(out_dir / "results.json", results)
     from intunlearn.unlearning.report import write_csv, write_plot
     write_csv(out_dir / "results.csv", results)

@@ -183,8 +183,9 @@ def round_scales_to_float32(model: nn.Module) -> nn.Module:
     for module in model.modules():
         if not isinstance(module, QuantModule):
             continue
-        for name in list(module._buffers):
-            if name.endswith("_scale") and f"{name[:-6]}_zero_point" in module._buffers and name != "weight_scale":
+        buffers = dict(module.named_buffers(recurse=False))
+        for name in buffers:
+            if name.endswith("_scale") and f"{name[:-6]}_zero_point" in buffers and name != "weight_scale":
                 prefix = name[:-6]
                 q = module.qparams(prefix)
                 if _f32(q.scale) != q.scale:
@@ -281,7 +282,7 @@ class _Exporter:
         self.model, self.input_shape = model, tuple(int(v) for v in input_shape)
         self.batch_size, self.int4_format, self.exact = batch_size, int4_format, exact
         self.modules = dict(model.named_modules())
-        self.state = integer_state_dict(model)
+        self.state = {key: value.detach().cpu() for key, value in integer_state_dict(model).items()}
         self.b = _Builder()
         self.s = self.b.s
         self.values: dict[fx.Node, _Tensor | None] = {}
@@ -290,7 +291,7 @@ class _Exporter:
         self.mismatches = []
 
     def shapes(self):
-        probe = copy.deepcopy(self.model).eval()
+        probe = copy.deepcopy(self.model).cpu().eval()
         set_arithmetic(probe, "float")
         from torch.fx.passes.shape_prop import ShapeProp
 
@@ -725,7 +726,8 @@ class _Importer:
         self.metadata = self._metadata()
         self.root = nn.Module()
         self.fx_graph = fx.Graph()
-        self.state = {"format_version": torch.tensor(1)}
+        self.qsets: dict[str, dict[str, qp.ActivationQParams]] = {}  # module -> its activation parameters
+        self.layer_entries: dict[str, dict[str, torch.Tensor]] = {}  # weighted layer -> its integers
         self.rounding = self.metadata.get("rounding", "double")
         self.weight_bits_meta = {int(k): v for k, v in self.metadata.get("weight_bits", {}).items()}
 
@@ -860,22 +862,34 @@ class _Importer:
         scale_tensor = torch.from_numpy(scales.astype(np.float32))
         multiplier, shift = _runtime_multipliers(q_in.scale, scales, q_out.scale)
         act_min, act_max = _runtime_activation_range(layer.activation, q_out)
-        entries = {"kind": torch.tensor(1 if weight.dim() == 2 else 2), "weight_bits": torch.tensor(bits),
-                   "input_scale": torch.tensor(q_in.scale, dtype=torch.float64),
-                   "input_zero_point": torch.tensor(q_in.zero_point),
-                   "output_scale": torch.tensor(q_out.scale, dtype=torch.float64),
-                   "output_zero_point": torch.tensor(q_out.zero_point),
-                   "weight": stored, "weight_shape": torch.tensor(weight.shape), "weight_scale": scale_tensor,
+        self.qsets[name] = {"input": q_in, "output": q_out}
+        entries = {"weight_bits": torch.tensor(bits), "weight": stored, "weight_shape": torch.tensor(weight.shape), "weight_scale": scale_tensor,
                    "multiplier": multiplier, "shift": shift, "act_min": torch.tensor(act_min),
                    "act_max": torch.tensor(act_max)}
         if bias is not None:
             entries["bias"] = bias
-        self.state.update({f"{name}.{key}": value for key, value in entries.items()})
+        self.layer_entries[name] = entries
 
     def qparams_state(self, name, **prefixes):
-        for prefix, q in prefixes.items():
-            self.state[f"{name}.{prefix}_scale"] = torch.tensor(q.scale, dtype=torch.float64)
-            self.state[f"{name}.{prefix}_zero_point"] = torch.tensor(q.zero_point)
+        self.qsets[name] = prefixes
+
+    def load_integers(self, module: fx.GraphModule):
+        """Put the file's integers into the built structure through load_integer_state_dict,
+        which checks them: the state starts from the structure's own integer_state_dict (its
+        entries and their layout), with the file's activation parameters set first and the
+        weighted layers' integers replaced by the file's."""
+        modules = dict(module.named_modules())
+        for name, prefixes in self.qsets.items():
+            for prefix, q in prefixes.items():
+                modules[name].set_qparams(prefix, q)
+        state = {key: value.clone() for key, value in integer_state_dict(module).items()}
+        for name, entries in self.layer_entries.items():
+            for key, value in entries.items():
+                full = f"{name}.{key}"
+                if full not in state:
+                    raise ValueError(f"{self.source}: {name}: the integer state has no entry {key!r}")
+                state[full] = value.to(state[full].dtype) if key in ("weight_bits", "act_min", "act_max") else value
+        load_integer_state_dict(module, state)
 
     def run(self):
         s = self.s
@@ -929,7 +943,7 @@ class _Importer:
             raise NotImplementedError(f"{self.source}: the model ends in a PAD")
         self.fx_graph.output(result.node)
         module = fx.GraphModule(self.root, self.fx_graph, class_name="TFLiteModel")
-        load_integer_state_dict(module, self.state)
+        self.load_integers(module)
         torch_shape = in_shape[1:] if len(in_shape) != 4 else (in_shape[3], in_shape[1], in_shape[2])
         module.meta["tflite_input_shape"] = tuple(torch_shape)
         module.meta["tflite_notes"] = list(self.notes)
@@ -1147,9 +1161,10 @@ def integer_forward(model: fx.GraphModule, codes: torch.Tensor) -> torch.Tensor:
     training = model.training
     set_arithmetic(model, "integer")
     model.eval()
+    device = next((t.device for t in model.state_dict().values()), torch.device("cpu"))
     try:
         with torch.no_grad():
-            y = model(real)
+            y = model(real.to(device)).cpu()
     finally:
         for module, mode in modes.items():
             module.mode = mode
@@ -1181,14 +1196,22 @@ def runtime_available(runtime: str) -> bool:
     return True
 
 
-def run_runtime(runtime: str, data: bytes, codes: np.ndarray, preserve_tensor: int | None = None) -> np.ndarray:
+def run_runtime(runtime: str, data: bytes, codes: np.ndarray, preserve_tensor: int | None = None,
+                input_q: qp.ActivationQParams | None = None) -> np.ndarray:
     """Run the .tflite flatbuffer `data` on int8 inputs [N, ...] one batch-sized slice at a time
     in TFLM ("tflm") or LiteRT ("litert": default kernels and XNNPACK delegate; "litert-ref": the
     reference kernels; "litert-nodelegate": optimized kernels without XNNPACK); the int8 outputs.
-    preserve_tensor: return that tensor instead of the model output (a stripped op's input)."""
+    preserve_tensor: return that tensor instead of the model output (a stripped op's input).
+    input_q: the int8 codes' parameters, for a file with a float input (a leading QUANTIZE),
+    which is fed the codes' real values (exactly on the grid, so QUANTIZE recovers the codes)."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     codes = np.ascontiguousarray(codes, dtype=np.int8)
+
+    def feed(chunk, dtype):
+        if np.dtype(dtype) == np.float32 and input_q is not None:
+            return (np.float64(input_q.scale) * (chunk.astype(np.float64) - input_q.zero_point)).astype(np.float32)
+        return chunk
     if runtime == "tflm":
         from tflite_micro.python.tflite_micro import runtime as tflm
 
@@ -1198,8 +1221,10 @@ def run_runtime(runtime: str, data: bytes, codes: np.ndarray, preserve_tensor: i
                                                   intrepreter_config=config)
         batch = interpreter.get_input_details(0)["shape"][0]
 
+        in_dtype = interpreter.get_input_details(0)["dtype"]
+
         def invoke(chunk):
-            interpreter.set_input(chunk, 0)
+            interpreter.set_input(feed(chunk, in_dtype), 0)
             interpreter.invoke()
             if preserve_tensor is not None:
                 return np.array(interpreter.GetTensor(preserve_tensor, 0)["tensor_data"]).copy()
@@ -1218,7 +1243,7 @@ def run_runtime(runtime: str, data: bytes, codes: np.ndarray, preserve_tensor: i
         batch = in_detail["shape"][0]
 
         def invoke(chunk):
-            interpreter.set_tensor(in_detail["index"], chunk)
+            interpreter.set_tensor(in_detail["index"], feed(chunk, in_detail["dtype"]))
             interpreter.invoke()
             return interpreter.get_tensor(out_index).copy()
     if len(codes) % batch:
@@ -1247,7 +1272,7 @@ def compare(data: bytes, model: fx.GraphModule, codes: torch.Tensor, runtime: st
     whether the int8 outputs agree bit for bit."""
     expected = integer_forward(model, codes).numpy().astype(np.int32)
     try:
-        got = run_runtime(runtime, data, codes.numpy(), output_tensor).astype(np.int32)
+        got = run_runtime(runtime, data, codes.numpy(), output_tensor, input_qparams(model)).astype(np.int32)
     except (RuntimeError, ValueError) as error:
         return Comparison(runtime, 0, len(codes), -1, f"{type(error).__name__}: {error}")
     got = got.reshape(expected.shape)

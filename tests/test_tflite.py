@@ -400,3 +400,46 @@ def test_cli_names_bad_files(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "missing.tflite")]) == 2
     assert main(["run", "--model", f"tflite:{tmp_path / 'missing.tflite'}"]) == 2
     assert "is not a .tflite file" in capsys.readouterr().err
+
+
+def test_float_io_wrapper_and_per_tensor_weights_are_read():
+    """A converter's int8 model with float input and output (QUANTIZE ... DEQUANTIZE) and
+    per-tensor weight scales: load_tflite strips the wrappers (noted) and expands the scales."""
+    s = tflite._schema()
+    data, _ = exported("mlp", 8)
+    model = s.ModelT.InitFromObj(s.Model.GetRootAs(data, 0))
+    graph = model.subgraphs[0]
+    for op in graph.operators:
+        if len(op.inputs) > 2:  # weights and bias per tensor
+            for index in op.inputs[1:3]:
+                q = graph.tensors[index].quantization
+                q.scale, q.zeroPoint = q.scale[:1].copy(), q.zeroPoint[:1].copy()
+
+    def float_twin(index, name):
+        tensor = copy.deepcopy(graph.tensors[index])
+        tensor.name, tensor.type, tensor.quantization = name, s.TensorType.FLOAT32, None
+        graph.tensors.append(tensor)
+        return len(graph.tensors) - 1
+
+    def operator(code, inputs, outputs):
+        opcode = s.OperatorCodeT()
+        opcode.builtinCode = opcode.deprecatedBuiltinCode = code
+        opcode.version = 1
+        model.operatorCodes.append(opcode)
+        op = s.OperatorT()
+        op.opcodeIndex = len(model.operatorCodes) - 1
+        op.inputs, op.outputs = np.array(inputs, np.int32), np.array(outputs, np.int32)
+        return op
+
+    int8_in, int8_out = int(graph.inputs[0]), int(graph.outputs[0])
+    float_in, float_out = float_twin(int8_in, "float_input"), float_twin(int8_out, "float_output")
+    graph.operators.insert(0, operator(s.BuiltinOperator.QUANTIZE, [float_in], [int8_in]))
+    graph.operators.append(operator(s.BuiltinOperator.DEQUANTIZE, [int8_out], [float_out]))
+    graph.inputs, graph.outputs = np.array([float_in], np.int32), np.array([float_out], np.int32)
+    blob = pack(model)
+    loaded = tflite.load_tflite(blob)
+    notes = " ".join(loaded.meta["tflite_notes"])
+    assert "QUANTIZE" in notes and "DEQUANTIZE" in notes
+    codes = tflite.quantize_inputs(loaded, digits().x_test[:16])
+    result = tflite.compare(blob, loaded, codes, "tflm", output_tensor=tflite.stripped_output_tensor(blob))
+    assert result.identical == 16, str(result)

@@ -48,6 +48,8 @@ def quantize(model: nn.Module, *, weight_bits: int = 8, act_bits: int = 8, calib
     `set_arithmetic`). rounding: "double" (TFLite's default build) or "single"
     (TFLITE_SINGLE_ROUNDING), for every requantization, the layers' and the residual adds'.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if act_bits != 8:
         raise ValueError(f"act_bits must be 8 (int8 activations), got {act_bits!r}")
     qp.weight_max(weight_bits)  # validates weight_bits
@@ -57,6 +59,7 @@ def quantize(model: nn.Module, *, weight_bits: int = 8, act_bits: int = 8, calib
     if isinstance(calibration, torch.Tensor) and (calibration.dim() == 0 or calibration.shape[0] == 0):
         raise ValueError(f"calibration must provide at least one input, got a tensor of shape "
                          f"{tuple(calibration.shape)}")
+    _check_finite_state(model)
     keep_float = set(keep_float)
     graph_module = fx.symbolic_trace(copy.deepcopy(model).eval())
     unknown = keep_float - {name for name, _ in graph_module.named_modules()}
@@ -210,10 +213,22 @@ class _Converter:
                                       "is not supported in a quantized model")
 
 
+def _check_finite_state(model: nn.Module) -> None:
+    """Every floating parameter and buffer finite: a NaN would otherwise surface much later
+    as a range that calibration cannot choose."""
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, value in named:
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise ValueError(f"model {kind} {name!r} contains NaN or inf")
+
+
 def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     """Conv weight and bias with the (eval-mode) batch norm folded in, as for deployment."""
     if not bn.track_running_stats or bn.running_var is None:
         raise NotImplementedError("batch norm without running statistics cannot be folded")
+    if bool((bn.running_var.double() + bn.eps <= 0).any()):
+        raise ValueError(f"batch norm has running_var + eps <= 0 (eps={bn.eps}) in some channel: "
+                         f"1/sqrt(var + eps) is not finite, so it cannot be folded")
     inv_std = torch.rsqrt(bn.running_var.double() + bn.eps)
     gamma = bn.weight.double() if bn.affine else torch.ones_like(inv_std)
     beta = bn.bias.double() if bn.affine else torch.zeros_like(inv_std)
@@ -239,6 +254,11 @@ def _calibrate(gm: fx.GraphModule, calibration, batch_size):
     seen = 0
     with torch.no_grad():
         for batch in _calibration_batches(calibration, batch_size):
+            if not isinstance(batch, torch.Tensor) or not batch.is_floating_point():
+                described = f"{batch.dtype} tensor" if isinstance(batch, torch.Tensor) else type(batch).__name__
+                raise TypeError(f"calibration batch {seen} must be a floating tensor, got {described}")
+            if not bool(torch.isfinite(batch).all()):
+                raise ValueError(f"calibration batch {seen} contains NaN or inf")
             gm(batch)
             seen += 1
     for module in quant_modules:
@@ -262,17 +282,26 @@ def _producer(gm, node) -> QuantModule:
         node = tensors[0]
 
 
-def _link_input_qparams(gm):
-    """Each consumer reads its producer's output grid, so int8 values pass exactly. Average
-    pools keep their producer's parameters for their output too (TFLite requires it)."""
-    for node in gm.graph.nodes:  # topological order: producers are linked before consumers
+def input_links(gm: fx.GraphModule):
+    """(consumer, prefix, producer) for every quantized input of a converted model: the
+    consumer's `prefix` parameters ("input", "a", "b"; an average pool's "output") must be its
+    producer's output parameters, so int8 values pass exactly. In topological order."""
+    for node in gm.graph.nodes:
         if node.op != "call_module":
             continue
         module = gm.get_submodule(node.target)
         if isinstance(module, _WeightedLayer):
-            module.set_input_qparams(_producer(gm, node.args[0]).output_qparams)
+            yield module, "input", _producer(gm, node.args[0])
         elif isinstance(module, QuantAdd):
-            module.set_input_qparams("a", _producer(gm, node.args[0]).output_qparams)
-            module.set_input_qparams("b", _producer(gm, node.args[1]).output_qparams)
+            yield module, "a", _producer(gm, node.args[0])
+            yield module, "b", _producer(gm, node.args[1])
         elif isinstance(module, QuantAvgPool2d):
-            module.set_output_qparams(_producer(gm, node.args[0]).output_qparams)
+            yield module, "output", _producer(gm, node.args[0])
+
+
+def _link_input_qparams(gm):
+    """Each consumer reads its producer's output grid. Average pools keep their producer's
+    parameters for their output too (TFLite requires it). Producers come first, so a pool's
+    output is linked before its consumers read it."""
+    for consumer, prefix, producer in input_links(gm):
+        consumer.set_qparams(prefix, producer.output_qparams)

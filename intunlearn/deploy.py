@@ -6,17 +6,27 @@ scales they were derived from. Every value is a tensor, so the file loads with
 `torch.load(weights_only=True)`. `load_integer_state_dict` puts such a state back into a
 converted model of the same structure; its integer forward then reproduces the exported one.
 Layers kept in float are exported as float weights (they are not integer layers).
+
+Loading trusts nothing: the entries must be exactly those the model's own state has, scales
+finite and positive, zero points int8, and every derived integer (weights, bias, multipliers,
+clamp limits, the residual adds' rescaling) must follow from the stored scales as export
+derives it. A saved file also carries a SHA-256 checksum of its entries, so a flipped bit or a
+truncated file is refused with the file's name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import pickle
+import zipfile
 
 import torch
 
 from intunlearn import ops
 from intunlearn import qparams as qp
+from intunlearn.convert import input_links
 from intunlearn.io import write_bytes_atomic
 from intunlearn.modules import InputQuantizer, QuantAdd, QuantAvgPool2d, _WeightedLayer
 
@@ -82,21 +92,45 @@ def load_integer_state_dict(model: torch.nn.Module, state: dict[str, torch.Tenso
     Every quantized module of the model must have its entries in the state and no other
     module may appear; each loaded layer must reproduce the stored integers (weights, bias,
     multipliers) exactly. On any error the model is left as it was."""
-    if int(state.get("format_version", -1)) != FORMAT_VERSION:
-        raise ValueError(f"state: unknown format_version {state.get('format_version')}, expected {FORMAT_VERSION}")
+    if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
+        raise TypeError(f"state must be a dict of named tensors (from integer_state_dict), got "
+                        f"{type(state).__name__}")
+    version = state.get("format_version")
+    if not isinstance(version, torch.Tensor) or version.numel() != 1 or int(version) != FORMAT_VERSION:
+        raise ValueError(f"state: unknown format_version {version}, expected {FORMAT_VERSION}")
     modules = _quantized_modules(model)
     names = {key.rsplit(".", 1)[0] for key in state if "." in key}
     if names - set(modules):
         raise ValueError(f"state has entries for modules the model lacks: {sorted(names - set(modules))}")
     if set(modules) - names:
         raise ValueError(f"state lacks the quantized modules {sorted(set(modules) - names)} of the model")
+    expected = set(integer_state_dict(model))
+    missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing:
+        raise ValueError(f"state lacks the entry {missing[0]!r} (missing: {missing})")
+    if extra:
+        raise ValueError(f"state has entries the model does not: {extra}")
     before = {key: value.clone() for key, value in model.state_dict().items()}
     try:
         for name in sorted(names):
             _load_module(modules[name], name, state)
+        _check_links(model)
     except BaseException:  # Ctrl-C included: never leave a half-loaded model
         model.load_state_dict(before)
         raise
+
+
+def _check_links(model) -> None:
+    """In a converted model each layer reads its producer's output grid: a state that gives
+    them different parameters would make the integer forward read codes on the wrong grid."""
+    if not isinstance(model, torch.fx.GraphModule):
+        return
+    names = {module: name for name, module in model.named_modules()}
+    for consumer, prefix, producer in input_links(model):
+        if consumer.qparams(prefix) != producer.output_qparams:
+            raise ValueError(f"{names[consumer]}: state gives its {prefix} parameters "
+                             f"{consumer.qparams(prefix)}, but its producer {names[producer]} "
+                             f"outputs {producer.output_qparams}: the state is damaged or was edited")
 
 
 def _load_module(module, name, state):
@@ -112,22 +146,54 @@ def _load_module(module, name, state):
                              f"{' or '.join(map(str, dtype))}, got {value.dtype}")
         return value
 
+    def scalar(key):
+        value = entry(key)
+        if value.numel() != 1:
+            raise ValueError(f"state entry {name}.{key!r} must hold one value, got shape {tuple(value.shape)}")
+        return value.item()
+
     def q(prefix):
-        return qp.ActivationQParams(float(entry(f"{prefix}_scale")), int(entry(f"{prefix}_zero_point")))
+        scale, zero_point = scalar(f"{prefix}_scale"), scalar(f"{prefix}_zero_point")
+        if not (isinstance(scale, float) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"state entry '{name}.{prefix}_scale' must be a finite positive float, got {scale}")
+        if not (isinstance(zero_point, int) and qp.ACTIVATION_MIN <= zero_point <= qp.ACTIVATION_MAX):
+            raise ValueError(f"state entry '{name}.{prefix}_zero_point' must be an int8 zero point in "
+                             f"[-128, 127], got {zero_point}")
+        return qp.ActivationQParams(scale, zero_point)
 
     if isinstance(module, _WeightedLayer):
         _load_layer(module, name, entry, q)
+        if not module.pinned_float:
+            _check_derived(name, {"act_min": scalar("act_min"), "act_max": scalar("act_max")},
+                           dict(zip(("act_min", "act_max"), module.activation_range())))
     elif isinstance(module, QuantAdd):
         module.set_input_qparams("a", q("a"))
         module.set_input_qparams("b", q("b"))
         module.set_output_qparams(q("output"))
+        derived = {key: value for key, value in qp.add_params(q("a"), q("b"), q("output")).items()
+                   if key.endswith(("multiplier", "shift")) or key == "left_shift"}
+        act_min, act_max = module.activation_range()
+        _check_derived(name, {key: scalar(key) for key in (*derived, "act_min", "act_max")},
+                       {**derived, "act_min": act_min, "act_max": act_max})
     else:
         module.set_output_qparams(q("output"))
+
+
+def _check_derived(name, stored: dict, derived: dict) -> None:
+    """Integers that export derives from the scales must be the ones derived from them again."""
+    wrong = {key: (stored[key], derived[key]) for key in derived if stored[key] != derived[key]}
+    if wrong:
+        details = ", ".join(f"{key} {got} (the scales give {want})" for key, (got, want) in wrong.items())
+        raise ValueError(f"{name}: stored {details}: the state is damaged or was edited")
 
 
 def _load_layer(layer, name, entry, q):
     if int(entry("weight_bits")) != layer.weight_bits:
         raise ValueError(f"{name}: state has {int(entry('weight_bits'))}-bit weights, the model {layer.weight_bits}-bit")
+    kind = 1 if layer.weight.dim() == 2 else 2
+    if int(entry("kind")) != kind:
+        raise ValueError(f"{name}: state has layer kind {int(entry('kind'))}, the model {kind} "
+                         f"(1 linear, 2 convolution)")
     layer.set_input_qparams(q("input"))
     layer.set_output_qparams(q("output"))
     with torch.no_grad():
@@ -147,6 +213,8 @@ def _load_layer(layer, name, entry, q):
         if layer.weight_bits == 4:
             values = ops.unpack_int4(values, length)
         scales = entry("weight_scale", (torch.float32, torch.float64))
+        if not bool((torch.isfinite(scales) & (scales > 0)).all()):
+            raise ValueError(f"state entry '{name}.weight_scale' must be finite and positive")
         _copy_exact(layer.weight_scale, scales, f"{name}.weight_scale")
         layer.weight.copy_(values.reshape(shape).float() * scales.reshape((-1,) + (1,) * (len(shape) - 1)))
         if layer.bias is not None:
@@ -174,13 +242,46 @@ def _copy_exact(target: torch.Tensor, source: torch.Tensor, name: str) -> None:
     target.copy_(source)
 
 
+CHECKSUM = "checksum"
+
+
+def state_checksum(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """SHA-256 (uint8 [32]) of every entry but the checksum: names, dtypes, shapes and bytes."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in state if k != CHECKSUM):
+        value = state[key].detach().cpu().contiguous()
+        digest.update(f"{key}|{value.dtype}|{tuple(value.shape)}|".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+    return torch.tensor(list(digest.digest()), dtype=torch.uint8)
+
+
 def save_integer_state(model: torch.nn.Module, path) -> None:
-    """Write integer_state_dict(model) to `path` atomically (torch.save format)."""
+    """Write integer_state_dict(model) with its checksum to `path` atomically (torch.save format)."""
+    state = integer_state_dict(model)
+    state[CHECKSUM] = state_checksum(state)
     buffer = io.BytesIO()
-    torch.save(integer_state_dict(model), buffer)
+    torch.save(state, buffer)
     write_bytes_atomic(path, buffer.getvalue())
 
 
 def load_integer_state(path) -> dict[str, torch.Tensor]:
-    """Read a saved integer state safely (weights_only=True)."""
-    return torch.load(path, weights_only=True)
+    """Read a saved integer state safely (weights_only=True) and check it is whole: a dict of
+    tensors whose checksum matches. Returns it without the checksum, for
+    load_integer_state_dict. A file that is not one raises ValueError naming it."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except (EOFError, OSError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            UnicodeDecodeError, TypeError, KeyError, IndexError, AttributeError) as error:
+        raise ValueError(f"{path}: not a readable integer state (truncated or not written by "
+                         f"save_integer_state): {type(error).__name__}: {error}") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise ValueError(f"{path}: not an integer state (expected a dict of named tensors)")
+    stored = state.pop(CHECKSUM, None)
+    if stored is None:
+        raise ValueError(f"{path}: the integer state has no checksum (save it with save_integer_state)")
+    if stored.dtype != torch.uint8 or not torch.equal(stored, state_checksum(state)):
+        raise ValueError(f"{path}: checksum mismatch: the file is damaged or was edited")
+    return state

@@ -138,13 +138,17 @@ class QuantModule(nn.Module):
 
 
 class InputQuantizer(QuantModule):
-    """Puts a real-valued model input on the int8 grid (first op of every converted model)."""
+    """Puts a real-valued model input on the int8 grid (first op of every converted model).
+    An input with NaN or inf is refused: the quantizer has no code for it (eager calls only;
+    a compiled graph cannot raise on data)."""
 
     def forward(self, x):
         if self.observing:
             self.observe(x)
         if self.mode == "float":
             return x
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):
+            raise ValueError("model input contains NaN or inf, which int8 quantization cannot represent")
         return self.fake_quantize_output(x)
 
 

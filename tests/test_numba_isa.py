@@ -183,6 +183,17 @@ def test_avx2_hot_loop_is_multiply_adds():
     assert counts["vpmovzxbw"] == counts["vpunpcklbw"] == 0
 
 
+def test_avx2_few_row_kernels_multiply_add_without_shuffles():
+    """int8: vpmaddwd on sign-extended weights; int4: vpmaddubsw (exact for 4-bit weights)
+    with the nibbles split by shifts and masks, no shuffles in either loop."""
+    from intunlearn.kernels.cpu import isa_report
+    int8 = isa_report.instruction_mix(isa_report.compile_for("gemv_avx2", "x86_64-unknown-linux-gnu", "haswell"))
+    int4 = isa_report.instruction_mix(isa_report.compile_for("gemv_avx2_int4", "x86_64-unknown-linux-gnu", "haswell"))
+    assert int8["vpmaddwd"] == 24 and int4["vpmaddubsw"] == 20
+    for mix in (int8, int4):
+        assert not {"vpshufb", "vpermd", "vpmulld", "vpunpcklbw"} & set(mix)
+
+
 def test_avxvnni_kernel_compiles_to_vex_vpdpbusd():
     from intunlearn.kernels.cpu import isa_report
     asm = isa_report.compile_for("avxvnni", "x86_64-unknown-linux-gnu", "alderlake", "")

@@ -540,22 +540,6 @@ int8_tile_generic = _tile_intrinsic(_generic_kernel, requantized=False)
 int8_tile_generic_requant = _tile_intrinsic(_generic_kernel, requantized=True)
 
 
-def kernel_assembly(isa: str, requantized: bool = True) -> str:
-    """x86/host assembly of one micro-kernel ("vnni", "vnni_int4" or "generic"), optimized by Numba's
-    pipeline, for inspection (the benchmark counts vpdpbusd / vpdpwssd / vpmaddwd / vpmulld)."""
-    from numba.core.compiler_lock import global_compiler_lock
-    from numba.core.registry import cpu_target
-
-    module = ir.Module(name=f"intunlearn_{isa}_asm")
-    make = {"vnni": _vnni_or_generic, "vnni_int4": _vnni_int4_or_generic, "generic": _generic_kernel}[isa]
-    fn = make(module, requantized)
-    fn.linkage = "external"  # keep it alive through the optimizer
-    codegen = cpu_target.target_context.codegen()
-    library = codegen.create_library(f"intunlearn_{isa}_asm")
-    library.add_ir_module(module)
-    with global_compiler_lock:
-        library.finalize()
-    return library.get_asm_str()
 # --------------------------------------------------------------------------------------------
 # float32 register tile for the STE backward (kernels/cpu/backward.py)
 # --------------------------------------------------------------------------------------------

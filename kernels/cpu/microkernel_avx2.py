@@ -213,6 +213,120 @@ def _gemv_pairs_kernel(module, int4, rows_count, channels):
     return fn
 
 
+# int4 weights on few rows: vpmaddubsw. AVX2's u8 x s8 multiply-add sums pairs of products in
+# saturating int16, which is not exact for int8 weights (255 * -128 * 2 < -32768) but is for
+# int4 ones: |u * w| <= 255 * 8, a pair <= 4080. Two of them per 64-k chunk add <= 8160 to an
+# int16 lane, so four chunks (<= 32640) are summed in int16 before vpmaddwd with ones widens
+# the lanes into the int32 accumulators: about half the instructions per product of the int16
+# path. The activations are u = x + 128 bytes (per 64-k chunk its 32 even k, then its 32 odd
+# k: the low and high nibbles of 32 packed bytes); the kernel also returns each channel's
+# weight sum for the caller's correction -(128 + z_x) * sum w.
+
+NIBBLE_CHUNK = 64   # k values per step of the byte kernel (32 packed bytes)
+NIBBLE_ROWS = 4     # rows per pass
+NIBBLE_CHANNELS = 2
+_INT16_CHUNKS = 4   # chunks summed in int16 lanes before widening (4 * 8160 < 32768)
+
+
+def _gemv_nibbles_kernel(module):
+    name = f"intunlearn_gemv_nibbles{NIBBLE_ROWS}x{NIBBLE_CHANNELS}"
+    existing = module.globals.get(name)
+    if existing is not None:
+        return existing
+    bytes32 = ir.VectorType(_I8, 32)
+    words16 = ir.VectorType(_I16, 16)
+    acc_ty = ir.VectorType(_I32, YMM_I32)
+    pmaddubsw = cgutils.get_or_insert_function(
+        module, ir.FunctionType(words16, [bytes32, bytes32]), "llvm.x86.avx2.pmadd.ub.sw")
+    i8p, i64p, i32p = _I8.as_pointer(), _I64.as_pointer(), _I32.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [i8p, i64p, i8p, i64p, _I64, i32p]), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    fn.attributes.add("noinline")
+    for index in (0, 2, 5):
+        fn.args[index].add_attribute("noalias")
+    u, row_offsets, weight, channel_offsets, chunks, out = fn.args
+    builder = ir.IRBuilder(fn.append_basic_block("entry"))
+    rows = [builder.load(builder.gep(row_offsets, [_I64(r)])) for r in range(NIBBLE_ROWS)]
+    starts = [builder.load(builder.gep(channel_offsets, [_I64(c)])) for c in range(NIBBLE_CHANNELS)]
+    pairs = NIBBLE_ROWS * NIBBLE_CHANNELS
+    wide = [cgutils.alloca_once_value(builder, ir.Constant(acc_ty, None)) for _ in range(pairs + NIBBLE_CHANNELS)]
+    narrow = [cgutils.alloca_once_value(builder, ir.Constant(words16, None)) for _ in range(pairs + NIBBLE_CHANNELS)]
+
+    def byte_constant(value):
+        return ir.Constant(bytes32, [value] * 32)
+
+    def signed_nibbles(nibbles):  # 0..15 -> -8..7: (n ^ 8) - 8
+        return builder.sub(builder.xor(nibbles, byte_constant(8)), byte_constant(8))
+
+    def chunk_body(chunk):
+        w = []
+        for c in range(NIBBLE_CHANNELS):
+            raw = _load(builder, bytes32, weight, builder.add(starts[c], builder.mul(chunk, _I64(32))))
+            low = signed_nibbles(builder.and_(raw, byte_constant(0x0F)))
+            high = signed_nibbles(builder.lshr(raw, byte_constant(4)))
+            w.append((low, high))
+            slot = narrow[pairs + c]  # the weight sums: ones x w
+            ones = byte_constant(1)
+            total = builder.add(builder.call(pmaddubsw, [ones, low]), builder.call(pmaddubsw, [ones, high]))
+            builder.store(builder.add(builder.load(slot), total), slot)
+        for r, row in enumerate(rows):
+            base = builder.add(row, builder.mul(chunk, _I64(NIBBLE_CHUNK)))
+            even = _load(builder, bytes32, u, base)
+            odd = _load(builder, bytes32, u, builder.add(base, _I64(32)))
+            for c, (low, high) in enumerate(w):
+                slot = narrow[r * NIBBLE_CHANNELS + c]
+                total = builder.add(builder.call(pmaddubsw, [even, low]), builder.call(pmaddubsw, [odd, high]))
+                builder.store(builder.add(builder.load(slot), total), slot)
+
+    def group_body(group):
+        for slot in narrow:
+            builder.store(ir.Constant(words16, None), slot)
+        first = builder.mul(group, _I64(_INT16_CHUNKS))
+        remaining = builder.sub(chunks, first)
+        count = builder.select(builder.icmp_signed("<", remaining, _I64(_INT16_CHUNKS)), remaining,
+                               _I64(_INT16_CHUNKS))
+        _counted_loop(builder, count, lambda j: chunk_body(builder.add(first, j)))
+        ones16 = ir.Constant(words16, [1] * 16)
+        for slot16, slot32 in zip(narrow, wide):
+            widened = _pair_products(builder, builder.load(slot16), ones16)
+            builder.store(builder.add(builder.load(slot32), widened), slot32)
+
+    groups = builder.sdiv(builder.add(chunks, _I64(_INT16_CHUNKS - 1)), _I64(_INT16_CHUNKS))
+    _counted_loop(builder, groups, group_body)
+    for index, slot in enumerate(wide):  # out[r * CH + c], then the CH weight sums
+        vec = builder.load(slot)
+        total = builder.extract_element(vec, _I32(0))
+        for lane in range(1, YMM_I32):
+            total = builder.add(total, builder.extract_element(vec, _I32(lane)))
+        builder.store(total, builder.gep(out, [_I64(index)]))
+    builder.ret_void()
+    return fn
+
+
+@intrinsic
+def gemv_nibbles(typingctx, u, row_offsets, weight, channel_offsets, chunks, out):
+    """out[r * CH + c] = sum over k < 64 * chunks of u[row_offsets[r] + k'] * w_c[k] and
+    out[NIBBLE_ROWS * CH + c] = sum of those w_c[k] (wrapping int32), for NIBBLE_ROWS rows and
+    CH = NIBBLE_CHANNELS channels: u uint8 flat (x + 128, per 64-k chunk the even k then the
+    odd k), w_c the packed int4 row starting at byte channel_offsets[c] of `weight`. x86 AVX2
+    only (vpmaddubsw)."""
+    sig = types.void(u, row_offsets, weight, channel_offsets, types.int64, out)
+
+    def codegen(context, builder, signature, args):
+        u_v, rows_v, weight_v, channels_v, chunks_v, out_v = args
+        arrays = [context.make_array(signature.args[i])(context, builder, v)
+                  for i, v in ((0, u_v), (1, rows_v), (2, weight_v), (3, channels_v), (5, out_v))]
+        u_a, rows_a, weight_a, channels_a, out_a = arrays
+        i8p = _I8.as_pointer()
+        builder.call(_gemv_nibbles_kernel(builder.module),
+                     [builder.bitcast(u_a.data, i8p), rows_a.data, builder.bitcast(weight_a.data, i8p),
+                      channels_a.data, chunks_v, builder.bitcast(out_a.data, _I32.as_pointer())])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 def _gemv_pairs_intrinsic(int4, rows_count, channels):
     def tile(typingctx, x, row_offsets, weight, channel_offsets, chunks, out):
         """out[r * CH + c] = sum over k < 32 * chunks of x[row_offsets[r] + k] * w_c[k]
@@ -255,8 +369,10 @@ def kernel_ir_module(isa: str, requantized: bool = True) -> ir.Module:
         fn = _pair_kernel(module, requantized)
     elif isa == "avxvnni":
         fn = _avxvnni_kernel(module, requantized)
-    elif isa in ("gemv_avx2", "gemv_avx2_int4"):
-        fn = _gemv_pairs_kernel(module, isa.endswith("int4"), PAIR_ROWS, PAIR_CHANNELS)
+    elif isa == "gemv_avx2":
+        fn = _gemv_pairs_kernel(module, False, PAIR_ROWS, PAIR_CHANNELS)
+    elif isa == "gemv_avx2_int4":
+        fn = _gemv_nibbles_kernel(module)
     else:
         raise ValueError(f"isa must be 'avx2', 'avxvnni', 'gemv_avx2' or 'gemv_avx2_int4', got {isa!r}")
     fn.linkage = "external"  # keep it alive through the optimizer

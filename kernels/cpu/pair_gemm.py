@@ -7,7 +7,8 @@ operands:
   zero), so that the accumulator needs no zero-point correction.
 * pack_pair_panel: int8 weights -> int16 panels [G][64-ch blocks][tap][k-pair][64][2].
 
-and runs the few-row linear layer (gemv_requant_pairs) with the weights read in place.
+and runs the few-row linear layer with the weights read in place (gemv_requant_pairs; for
+packed int4 on more than one row gemv_requant_nibbles, vpmaddubsw on u8 x + 128 bytes).
 
 Exactness: x - z_x lies in int16 for |z_x| <= PAIR_ZERO_POINT_LIMIT (the caller checks), a
 product (x - z_x) * w is below 2**22 in magnitude and vpmaddwd adds two of them into an int32
@@ -22,8 +23,9 @@ from numba import njit, prange
 
 from .fixedpoint import requantize, wrap_int32
 from .microkernel import NR
-from .microkernel_avx2 import (GEMV_ONE_ROW_CHANNELS, PAIR_CHANNELS, PAIR_CHUNK, PAIR_ROWS,
-                               gemv_pairs, gemv_pairs_int4, gemv_pairs_row, gemv_pairs_row_int4)
+from .microkernel_avx2 import (GEMV_ONE_ROW_CHANNELS, NIBBLE_CHANNELS, NIBBLE_CHUNK, NIBBLE_ROWS,
+                               PAIR_CHANNELS, PAIR_CHUNK, PAIR_ROWS, gemv_nibbles, gemv_pairs,
+                               gemv_pairs_int4, gemv_pairs_row, gemv_pairs_row_int4)
 
 PAIR = 2  # k values per 32-bit panel word
 # x - z_x fits int16 for every int8 x: -128 - z_x >= -32768 and 127 - z_x <= 32767.
@@ -161,6 +163,68 @@ def gemv_requant_pairs(x, weight, int4, bias, input_zero_point, multiplier, shif
                         else:
                             w = np.int64(weight[oc, k])
                         acc += w * np.int64(a[row * row_stride + k])
+                    out[row, oc] = requantize(wrap_int32(acc), multiplier[oc], shift[oc], z_y,
+                                              act_min, act_max, single)
+    return out
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _nibble_row(x_row, target):
+    """One activation row as u8 x + 128 for gemv_nibbles: each whole chunk of 64 k as its 32
+    even k then its 32 odd k, the tail in k order."""
+    length = x_row.shape[0]
+    whole = length // NIBBLE_CHUNK * NIBBLE_CHUNK
+    half = NIBBLE_CHUNK // 2
+    for k in range(length):
+        value = np.uint8(x_row[k]) ^ np.uint8(0x80)
+        if k < whole:
+            chunk, offset = k - k % NIBBLE_CHUNK, k % NIBBLE_CHUNK
+            target[chunk + (offset % 2) * half + offset // 2] = value
+        else:
+            target[k] = value
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def gemv_requant_nibbles(x, weight, bias, input_zero_point, multiplier, shift, params, out):
+    """gemv_requant_pairs for packed int4 weights uint8 [OC, ceil(K / 2)] with vpmaddubsw
+    (exact for int4: see microkernel_avx2.gemv_nibbles): the kernel returns sum w u over whole
+    64-k chunks (u = x + 128) and sum w, so acc = sum w u - (128 + z_x) sum w + the K % 64
+    tail's sum w (x - z_x) + bias, in wrapping int32 as the spec."""
+    rows, length = x.shape
+    out_channels = weight.shape[0]
+    z_y, act_min, act_max, single = params
+    row_stride = -(-length // NIBBLE_CHUNK) * NIBBLE_CHUNK + NIBBLE_CHUNK
+    u = np.zeros(rows * row_stride, np.uint8)
+    for r in range(rows):
+        _nibble_row(x[r], u[r * row_stride:(r + 1) * row_stride])
+    chunks = length // NIBBLE_CHUNK
+    row_bytes = weight.shape[1]
+    zero_point_term = np.int64(128) + input_zero_point
+    passes = -(-rows // NIBBLE_ROWS)
+    for item in prange(-(-out_channels // NIBBLE_CHANNELS)):
+        first = item * NIBBLE_CHANNELS
+        count = min(NIBBLE_CHANNELS, out_channels - first)
+        channel_offsets = np.empty(NIBBLE_CHANNELS, np.int64)
+        for c in range(NIBBLE_CHANNELS):  # channels past the end repeat the last one
+            channel_offsets[c] = (first + min(c, count - 1)) * row_bytes
+        row_offsets = np.empty(NIBBLE_ROWS, np.int64)
+        dots = np.empty((NIBBLE_ROWS + 1) * NIBBLE_CHANNELS, np.int32)
+        for p in range(passes):
+            row_first = p * NIBBLE_ROWS
+            row_count = min(NIBBLE_ROWS, rows - row_first)
+            for r in range(NIBBLE_ROWS):
+                row_offsets[r] = (row_first + min(r, row_count - 1)) * row_stride
+            gemv_nibbles(u, row_offsets, weight, channel_offsets, chunks, dots)
+            for c in range(count):
+                oc = first + c
+                base = bias[oc] - zero_point_term * np.int64(dots[NIBBLE_ROWS * NIBBLE_CHANNELS + c])
+                for r in range(row_count):
+                    row = row_first + r
+                    acc = np.int64(dots[r * NIBBLE_CHANNELS + c]) + base
+                    for k in range(chunks * NIBBLE_CHUNK, length):
+                        byte = np.int32(weight[oc, k >> 1])
+                        w = np.int64(np.int32(byte << (28 - 4 * (k & 1))) >> 28)
+                        acc += w * (np.int64(x[row, k]) - input_zero_point)
                     out[row, oc] = requantize(wrap_int32(acc), multiplier[oc], shift[oc], z_y,
                                               act_min, act_max, single)
     return out

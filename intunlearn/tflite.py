@@ -425,9 +425,9 @@ class _Exporter:
         packed = bits == 4 and (self.int4_format == "packed"
                                 or self.int4_format == "auto" and PACKED_INT4.get(op_name, False))
         if bits == 4 and not packed:
-            self.notes.append(f"{name}: int4 weights stored as int8 values in [-7, 7] ({op_name} with packed "
-                              f"per-channel INT4 is not run by {'TFLM' if self.int4_format == 'auto' else 'request'}); "
-                              f"computes identically")
+            why = (f"TFLite Micro does not run {op_name} with packed per-channel INT4 weights"
+                   if self.int4_format == "auto" else "int4_format='int8'")
+            self.notes.append(f"{name}: int4 weights stored as int8 values in [-7, 7] ({why}); computes identically")
         data = _pack_flat_int4(values) if packed else values.contiguous().numpy().astype(np.int8).tobytes()
         dtype = s.TensorType.INT4 if packed else s.TensorType.INT8
         index = self.b.tensor(f"{name}/weight", tuple(values.shape), dtype, data, scales=scales,

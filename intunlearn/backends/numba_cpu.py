@@ -270,10 +270,9 @@ def _run_conv_pairs(x4, weight2d, bias, *, groups, kernel_size, geometry, paddin
         panel = _pairs.pack_pair_panel(weight2d, groups, group_channels, taps, channels_padded)
     height_padded, width_padded = height + top + bottom, width + left + right
     if height == width == 1 and groups == 1 and height_padded == width_padded == 1:
-        image = np.zeros((batch, channels_padded), np.int16)  # linear rows: x - z_x in place
-        np.subtract(x4.reshape(batch, channels), np.int16(input_zero_point), out=image[:, :channels],
-                    dtype=np.int16)
-        image = image.reshape(-1)
+        with _serial_if_small(batch * channels_padded * 2):  # linear rows: x - z_x in place
+            image = _pairs.linear_rows_pairs(x4.reshape(batch, channels), np.int64(input_zero_point),
+                                             channels_padded)
     else:
         with _serial_if_small(batch * height_padded * width_padded * channels_padded * 2):
             image = _pairs.pad_nhwc_pairs(x4, groups, channels_padded, top, left, height_padded,

@@ -89,6 +89,21 @@ def pad_nhwc_pairs(x, groups, channels_padded, pad_top, pad_left, height_padded,
     return out
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def linear_rows_pairs(x, input_zero_point, channels_padded):
+    """A linear layer's rows int8 [N, K] -> the GEMM's int16 image [N][Kp] of x - z_x (the
+    K padding 0), a row per work item."""
+    rows, length = x.shape
+    out = np.zeros(rows * channels_padded, np.int16)
+    z = np.int16(input_zero_point)
+    for r in prange(rows):
+        target = out[r * channels_padded:r * channels_padded + length]
+        source = x[r]
+        for k in range(length):
+            target[k] = np.int16(source[k]) - z
+    return out
+
+
 @njit(cache=True, nogil=True, inline="always")
 def _activation_row(x_row, z, int4, target):
     """One activation row as int16 x - z_x: in k order for int8 weights; for int4, each

@@ -48,16 +48,12 @@ def _add_model_options(parser, defaults) -> None:
                              "(trained on --dataset; default: %(default)s)")
     parser.add_argument("--width", type=int, default=None, help="model width (channels of the first stage)")
     parser.add_argument("--weight-bits", type=int, choices=(4, 8), default=defaults.weight_bits)
-    parser.add_argument("--arithmetic", choices=("integer", "fake"), default=defaults.arithmetic,
-                        help="arithmetic of training and unlearning (evaluation always reports both)")
     parser.add_argument("--forget", default=defaults.forget, help="random:FRACTION or class:C[,C...]")
     parser.add_argument("--epochs", type=int, default=defaults.pretrain_epochs, help="float pre-training epochs")
     parser.add_argument("--qat-epochs", type=int, default=defaults.qat_epochs)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--unlearn-epochs", type=int, default=None, help="override every method's default")
-    parser.add_argument("--unlearn-lr", type=float, default=None, help="override every method's default")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--device", default=defaults.device)
     parser.add_argument("--backend", default=defaults.backend, choices=("auto", *BACKENDS))
 
@@ -68,11 +64,24 @@ def _add_run(subparsers) -> None:
 
     defaults = ExperimentConfig()
     parser = subparsers.add_parser(
-        "run", help="unlearn a forget set from a quantized model with each method; integer vs fake-quant table",
-        description="Train (or load from cache) a quantized model, unlearn the forget set with each method in "
-                    "true integer (or fake-quant) arithmetic, evaluate every result in both, and compare with "
-                    "retraining. Writes results.json, results.csv and results.png to --out.")
+        "run", help="the fidelity study: unlearn with each method over seeds and pipelines; does forgetting "
+                    "survive integer deployment?",
+        description="For every seed and pipeline (float, fake-quant or true-integer training and unlearning), "
+                    "train (or load from cache) the original and retrained models, unlearn the forget set with "
+                    "each method, and evaluate every result as unlearned and as deployed in integer arithmetic. "
+                    "Prints mean ± 95% interval tables; writes results.json, results.csv (one row per seed x "
+                    "pipeline x method x evaluation), report.md and plots to --out, and each experiment's own "
+                    "results under --out/units. Resumes an interrupted study.")
     _add_model_options(parser, defaults)
+    parser.add_argument("--seeds", type=_seeds, default=None,
+                        help="N (seeds 0..N-1) or a comma-separated list (default: 3, i.e. 0,1,2); each seed "
+                             "redraws the forget set and the training randomness")
+    parser.add_argument("--seed", type=int, default=None, help="one seed (the same as --seeds S,)")
+    parser.add_argument("--pipelines", type=_pipelines, default=PIPELINES,
+                        help="comma-separated, from float, fake, integer (default: all three): where training "
+                             "and unlearning compute; every model is also evaluated as deployed")
+    parser.add_argument("--unlearn-lr", type=_learning_rates, default=(None,),
+                        help="override every method's default learning rate; a comma-separated list sweeps it")
     parser.add_argument("--methods", default=",".join(defaults.methods),
                         help=f"comma-separated, from: {', '.join(METHODS)}")
     parser.add_argument("--out", default="runs/latest", help="output folder (default: %(default)s)")
@@ -84,32 +93,90 @@ def _add_run(subparsers) -> None:
     parser.set_defaults(handler=_run_experiment)
 
 
-def _config(args, methods=None):
+PIPELINES = ("float", "fake", "integer")
+
+
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    """"N" -> 0..N-1; "a,b,..." -> those seeds."""
+    try:
+        if "," not in text:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            return tuple(range(count))
+        seeds = tuple(int(part) for part in _comma_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a count N >= 1 or a comma-separated list of seeds, "
+                                         f"got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct integers >= 0, got {text!r}")
+    return seeds
+
+
+def _pipelines(text: str) -> tuple[str, ...]:
+    names = tuple(_comma_list(text))
+    unknown = [name for name in names if name not in PIPELINES]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"must be distinct names from {', '.join(PIPELINES)}, got {text!r}")
+    return names
+
+
+def _learning_rates(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(part) for part in _comma_list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or a comma-separated list, got {text!r}") from None
+    if not rates or any(not (rate > 0 and rate != float("inf")) for rate in rates) or len(set(rates)) != len(rates):
+        raise argparse.ArgumentTypeError(f"learning rates must be distinct finite numbers > 0, got {text!r}")
+    return rates
+
+
+def _config(args, methods=None, arithmetic="integer", seed=0, unlearn_lr=None):
     from intunlearn.unlearning.engine import ExperimentConfig
 
     if methods is None:
-        methods = tuple(name.strip() for name in args.methods.split(",") if name.strip())
+        methods = tuple(_comma_list(args.methods))
     return ExperimentConfig(
         dataset=args.dataset, data_root=args.data_root, model=args.model, width=args.width,
-        weight_bits=args.weight_bits, arithmetic=args.arithmetic, forget=args.forget, methods=methods,
+        weight_bits=args.weight_bits, arithmetic=arithmetic, forget=args.forget, methods=methods,
         pretrain_epochs=args.epochs, qat_epochs=args.qat_epochs, lr=args.lr, unlearn_epochs=args.unlearn_epochs,
-        unlearn_lr=args.unlearn_lr, batch_size=args.batch_size, seed=args.seed, device=args.device,
+        unlearn_lr=unlearn_lr, batch_size=args.batch_size, seed=seed, device=args.device,
         backend=args.backend)
+
+
+def _study(args):
+    from intunlearn.unlearning.study import StudyConfig
+
+    if args.seed is not None and args.seeds is not None:
+        raise ValueError("give --seeds or --seed, not both")
+    seeds = (args.seed,) if args.seed is not None else args.seeds or (0, 1, 2)
+    pipelines = args.pipelines
+    if args.model.startswith("tflite:") and "float" in pipelines:
+        if args.pipelines is PIPELINES:  # the default: an imported model is already quantized
+            pipelines = ("fake", "integer")
+        else:
+            raise ValueError("a tflite: model is already quantized: --pipelines may name fake and integer only")
+    return StudyConfig(base=_config(args), seeds=seeds, pipelines=pipelines, unlearn_lrs=args.unlearn_lr)
 
 
 def _run_experiment(args) -> int:
     from pathlib import Path
 
-    from intunlearn.unlearning.engine import run_experiment
-    from intunlearn.unlearning.report import format_table
+    from intunlearn.unlearning.study import run_study
+    from intunlearn.unlearning.study_report import format_report
 
     out = Path(args.out)
     cache = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
-    results = run_experiment(_config(args), out, cache, export_dir=args.export)
-    print(format_table(results))
-    print(f"\nwrote {out / 'results.json'}, {out / 'results.csv'}, {out / 'results.png'}")
-    for name, entry in results.get("exports", {}).items():
-        print(f"exported {name}: {entry['path']}" + "".join(f"\n  note: {note}" for note in entry["notes"]))
+    results = run_study(_study(args), out, cache, export_dir=args.export)
+    print(format_report(results))
+    print(f"\nwrote {out / 'report.md'}, {out / 'results.json'}, {out / 'results.csv'}, "
+          f"{out / 'study-gap.png'}, {out / 'study-shift.png'} (each experiment: {out / 'units'})")
+    if args.export:
+        print(f"exported every model as .tflite under {args.export}/<experiment>/")
     return 0
 
 
@@ -124,6 +191,10 @@ def _add_export(subparsers) -> None:
                     "Micro runs bit-identically. Prints the export report.")
     parser.add_argument("output", help="the .tflite file to write")
     _add_model_options(parser, defaults)
+    parser.add_argument("--arithmetic", choices=("integer", "fake"), default="integer",
+                        help="arithmetic of training and unlearning (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--unlearn-lr", type=float, default=None, help="override the method's default")
     parser.add_argument("--method", default=None, help="unlearn the forget set with this method first")
     parser.add_argument("--cache-dir", default="runs/cache", help="model cache (default: %(default)s)")
     parser.add_argument("--int4-format", choices=("auto", "packed", "int8"), default="auto",
@@ -140,7 +211,7 @@ def _run_export(args) -> int:
 
     _schema()
     methods = (args.method,) if args.method else ("ft",)
-    config = _config(args, methods)
+    config = _config(args, methods, arithmetic=args.arithmetic, seed=args.seed, unlearn_lr=args.unlearn_lr)
     experiment = Experiment(_replace(config, float32_scales=True), args.cache_dir)
     model = experiment.original()
     if args.method:

@@ -197,11 +197,11 @@ def test_cli_run_on_an_npz_file(tmp_path, capsys):
              y_test=y_test.numpy())
     code = main(["run", "--dataset", f"npz:{path}", "--model", "mlp", "--width", "16", "--methods", "retrain,ga,rl",
                  "--epochs", "5", "--qat-epochs", "1", "--unlearn-epochs", "1", "--forget", "class:1",
-                 "--out", str(tmp_path / "out")])
+                 "--seed", "0", "--pipelines", "fake,integer", "--out", str(tmp_path / "out")])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "integer arithmetic" in printed and "fake quantization" in printed and "rl" in printed
-    assert json.loads((tmp_path / "out" / "results.json").read_text())["config"]["forget"] == "class:1"
+    assert "FA integer arithmetic" in printed and "FA fake quantization" in printed and "| rl |" in printed
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["study"]["base"]["forget"] == "class:1"
 
 
 def test_mia_nn_detects_a_neighbour_signature_and_not_identical_distributions():
@@ -297,18 +297,19 @@ def test_cli_run_names_a_bad_out_or_progress_file(tmp_path, capsys):
     np.savez(data, x=(x.numpy() * 255).astype(np.uint8), y=y.numpy(),
              x_test=(x_test.numpy() * 255).astype(np.uint8), y_test=y_test.numpy())
     common = ["run", "--dataset", f"npz:{data}", "--model", "mlp", "--width", "8", "--methods", "ft",
-              "--epochs", "1", "--qat-epochs", "0", "--unlearn-epochs", "1",
+              "--epochs", "1", "--qat-epochs", "0", "--unlearn-epochs", "1", "--seed", "0", "--pipelines", "integer",
               "--cache-dir", str(tmp_path / "cache")]
     a_file = tmp_path / "a_file"
     a_file.write_text("")
     assert main([*common, "--out", str(a_file)]) == 2
     assert "exists and is not a directory" in capsys.readouterr().err
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "progress.json").write_text("[1, 2]")
+    unit = out / "units" / "seed0-integer"  # the study's one experiment
+    unit.mkdir(parents=True)
+    (unit / "progress.json").write_text("[1, 2]")
     assert main([*common, "--out", str(out)]) == 2
     assert "progress.json is not a progress file" in capsys.readouterr().err
-    (out / "progress.json").write_text("{not json")
+    (unit / "progress.json").write_text("{not json")
     assert main([*common, "--out", str(out)]) == 2
     assert "progress.json is not valid JSON" in capsys.readouterr().err
 

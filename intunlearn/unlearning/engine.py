@@ -40,7 +40,10 @@ from intunlearn.unlearning.methods import UnlearnTask, get_method
 from intunlearn.unlearning.metrics import METRICS, average_gap, evaluate, mia_nn
 from intunlearn.unlearning.training import TrainConfig, predict_probabilities, train
 
-ARITHMETICS = ("integer", "fake")
+ARITHMETICS = ("integer", "fake")  # how a quantized model is evaluated
+PIPELINES = ("float", "fake", "integer")  # what training and unlearning compute in
+DEPLOYED = "deployed"  # the evaluation of the model as deployed: integer arithmetic, float32 scales
+EVALUATIONS = ("float", "integer", "fake", DEPLOYED)  # the order of tables (a resumed run reads sorted JSON)
 CACHE_VERSION = 1
 TFLITE_PREFIX = "tflite:"
 
@@ -52,7 +55,7 @@ class ExperimentConfig:
     model: str = "cnn"
     width: int | None = None
     weight_bits: int = 4
-    arithmetic: str = "integer"  # what training and unlearning compute in: "integer" or "fake"
+    arithmetic: str = "integer"  # the pipeline: training and unlearning in "float", "fake" or "integer"
     forget: str = "random:0.1"
     methods: tuple[str, ...] = ("retrain", "ft", "ga", "rl", "sl", "qmul")
     pretrain_epochs: int = 12
@@ -71,8 +74,10 @@ class ExperimentConfig:
         return Path(self.model[len(TFLITE_PREFIX):]) if self.model.startswith(TFLITE_PREFIX) else None
 
     def validate(self):
-        if self.arithmetic not in ARITHMETICS:
-            raise ValueError(f"arithmetic must be one of {ARITHMETICS}, got {self.arithmetic!r}")
+        if self.arithmetic not in PIPELINES:
+            raise ValueError(f"arithmetic (the pipeline) must be one of {PIPELINES}, got {self.arithmetic!r}")
+        if self.arithmetic == "float" and self.tflite_path is not None:
+            raise ValueError("a tflite: model is already quantized: its pipelines are fake and integer, not float")
         if self.weight_bits not in (4, 8):
             raise ValueError(f"weight_bits must be 4 or 8, got {self.weight_bits!r}")
         if self.tflite_path is not None and not self.tflite_path.is_file():
@@ -244,21 +249,24 @@ class Experiment:
         float_model = self._fresh_float_model(seed)
         c = self.config
         if path.exists():
-            model = self._quantize(float_model, x)
+            model = float_model if c.arithmetic == "float" else self._quantize(float_model, x)
             try:
                 model.load_state_dict(torch.load(path, weights_only=True, map_location=self.device))
             except Exception as error:  # a truncated or foreign file: say which one
                 raise ValueError(f"the cached model {path} cannot be loaded ({type(error).__name__}: "
                                  f"{error}); delete it to train it again") from None
             return model.eval()
+        if c.arithmetic == "float":  # the float pipeline: its model is the float one
+            train(float_model, x, y, TrainConfig(c.pretrain_epochs + c.qat_epochs, c.lr, c.batch_size), seed=seed,
+                  desc=f"{role}: float training")
+            self._save_cached(float_model, path)
+            return float_model.eval()
         train(float_model, x, y, TrainConfig(c.pretrain_epochs, c.lr, c.batch_size), seed=seed,
               desc=f"{role}: float pre-training")
         model = self._quantize(float_model, x)
         train(model, x, y, TrainConfig(c.qat_epochs, c.lr * 0.1, c.batch_size), seed=seed + 1,
               desc=f"{role}: quantization-aware training ({c.arithmetic})")
-        buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
-        write_bytes_atomic(path, buffer.getvalue())
+        self._save_cached(model, path)
         return model
 
     def original(self):
@@ -274,23 +282,71 @@ class Experiment:
 
     # ---- evaluation ------------------------------------------------------------------------
 
+    def deploy(self, model):
+        """The model as it would run on the device: a float model quantized after training
+        (intunlearn.quantize, calibrated on training data), a quantized one as it is; both in
+        integer arithmetic with activation scales rounded to float32, as a .tflite file stores
+        them. A copy: `model` is left as it was."""
+        from intunlearn.tflite import round_scales_to_float32
+
+        if _is_quantized(model):
+            deployed = intunlearn.set_arithmetic(copy.deepcopy(model), "integer")
+        else:
+            calibration = torch.cat([self.x_forget, self.x_retain])[:1024]
+            deployed = intunlearn.quantize(model, weight_bits=self.config.weight_bits, calibration=calibration,
+                                           mode="integer", backend=self.config.backend)
+        round_scales_to_float32(deployed)
+        return deployed.eval()
+
     def evaluate(self, model) -> dict[str, dict[str, float]]:
-        """FA/RA/TA/MIA of the model in each arithmetic; the model's own mode is restored."""
+        """FA/RA/TA/MIA of the model as trained, in each arithmetic it can compute in ("integer"
+        and "fake" for a quantized model, "float" for a float one), and as deployed
+        (DEPLOYED); the model's own mode is restored."""
+        quantized = _is_quantized(model)
         modes = {m: m.mode for m in model.modules() if isinstance(m, intunlearn.modules.QuantModule)}
         results = {}
-        for arithmetic in ARITHMETICS:
-            intunlearn.set_arithmetic(model, arithmetic)
-            probabilities = {name: predict_probabilities(model, x).cpu() for name, x in
-                             (("forget", self.x_forget), ("retain", self.x_retain), ("test", self.x_test))}
-            labels = {"forget": self.y_forget.cpu(), "retain": self.y_retain.cpu(), "test": self.y_test.cpu()}
-            results[arithmetic] = evaluate(probabilities, labels, self.config.seed)
-            if self.spec.mode == "class":
-                unseen = predict_probabilities(model, self.x_unseen).cpu()
-                results[arithmetic]["MIA-NN"] = mia_nn(probabilities["forget"], unseen, self.spec.classes,
-                                                       self.config.seed)
+        for arithmetic in ARITHMETICS if quantized else ("float",):
+            if quantized:
+                intunlearn.set_arithmetic(model, arithmetic)
+            results[arithmetic] = self._metrics(model)
         for module, mode in modes.items():
             module.mode = mode
+        results[DEPLOYED] = self._metrics(self.deploy(model))
         return results
+
+    def weight_update_steps(self, before, after) -> float:
+        """Median over the weighted layers' weights of |w_after - w_before| / s_w, in weight
+        quantization steps (s_w: the layer's per-channel step; for a float model the step that
+        post-training quantization gives it). Below 0.5 an update cannot change a weight's code
+        by itself: where updates are that small, deployment can undo unlearning."""
+        old = dict(before.named_parameters())
+        steps = []
+        for name, module in after.named_modules():
+            weight = getattr(module, "weight", None)
+            key = f"{name}.weight" if name else "weight"
+            if not isinstance(weight, torch.Tensor) or weight.dim() < 2 or key not in old:
+                continue
+            scale = getattr(module, "weight_scale", None)
+            if scale is None:
+                scale = intunlearn.qparams.choose_weight_scales(old[key], self.config.weight_bits)
+            shape = (-1,) + (1,) * (weight.dim() - 1)
+            delta = (weight.detach().double() - old[key].detach().double()).abs()
+            steps.append((delta / scale.detach().double().reshape(shape)).flatten())
+        return float(torch.cat(steps).median()) if steps else float("nan")
+
+    def _metrics(self, model) -> dict[str, float]:
+        probabilities = {name: predict_probabilities(model, x).cpu() for name, x in
+                         (("forget", self.x_forget), ("retain", self.x_retain), ("test", self.x_test))}
+        labels = {"forget": self.y_forget.cpu(), "retain": self.y_retain.cpu(), "test": self.y_test.cpu()}
+        metrics = evaluate(probabilities, labels, self.config.seed)
+        if self.spec.mode == "class":
+            unseen = predict_probabilities(model, self.x_unseen).cpu()
+            metrics["MIA-NN"] = mia_nn(probabilities["forget"], unseen, self.spec.classes, self.config.seed)
+        return metrics
+
+
+def _is_quantized(model) -> bool:
+    return any(isinstance(m, intunlearn.modules.QuantModule) for m in model.modules())
 
 
 def _missing_as_nan(value):
@@ -304,8 +360,10 @@ def _missing_as_nan(value):
     return value
 
 
-def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None, export_dir=None) -> dict:
-    """Run (or resume) the experiment; writes results.json, results.csv and results.png to out_dir.
+def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None, export_dir=None,
+                   tables: bool = True) -> dict:
+    """Run (or resume) the experiment; writes results.json (and with tables, results.csv and
+    results.png) to out_dir.
 
     export_dir: also write the original, retrained and every unlearned model computed by this
     call as <name>.tflite there (their scales rounded to float32 first: config.float32_scales)."""
@@ -359,7 +417,8 @@ def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None, expo
         unlearned = method.unlearn(copy.deepcopy(original), task)
         seconds = time.perf_counter() - start
         entry = {"metrics": experiment.evaluate(unlearned), "seconds": seconds,
-                 "diagnostics": method.diagnostics()}
+                 "diagnostics": method.diagnostics(),
+                 "update_steps": experiment.weight_update_steps(original, unlearned)}
         progress["methods"][name] = entry
         write_json_atomic(progress_path, progress)
         export(name, unlearned)
@@ -368,10 +427,15 @@ def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None, expo
     if export_dir is not None:
         results["exports"] = exports
     write_json_atomic(out_dir / "results.json", results)
-    from intunlearn.unlearning.report import write_csv, write_plot
-    write_csv(out_dir / "results.csv", results)
-    write_plot(out_dir / "results.png", results)
+    if tables:
+        from intunlearn.unlearning.report import write_csv, write_plot
+        write_csv(out_dir / "results.csv", results)
+        write_plot(out_dir / "results.png", results)
     return results
+
+
+def _evaluations(metrics: dict) -> list[str]:
+    return [evaluation for evaluation in EVALUATIONS if evaluation in metrics]
 
 
 def _summarise(config, entries, experiment) -> dict:
@@ -379,15 +443,17 @@ def _summarise(config, entries, experiment) -> dict:
     rows = []
     for name in ("original", *config.methods):
         entry = entries[name]
-        row = {"method": name, "seconds": round(entry["seconds"], 2)}
-        for arithmetic in ARITHMETICS:
-            metrics = dict(entry["metrics"][arithmetic])
-            metrics["gap"] = average_gap(metrics, retrain["metrics"][arithmetic]) if retrain else None
-            row[arithmetic] = metrics
+        row = {"method": name, "seconds": round(entry["seconds"], 2),
+               "update_steps": entry.get("update_steps", 0.0 if name == "original" else None)}
+        for evaluation in _evaluations(entry["metrics"]):
+            metrics = dict(entry["metrics"][evaluation])
+            metrics["gap"] = average_gap(metrics, retrain["metrics"][evaluation]) if retrain else None
+            row[evaluation] = metrics
         row.update(entry.get("diagnostics", {}))
         rows.append(row)
     return {
         "config": dataclasses.asdict(config),
+        "evaluations": _evaluations(entries["original"]["metrics"]),
         "forget_samples": len(experiment.y_forget), "retain_samples": len(experiment.y_retain),
         "test_samples": len(experiment.y_test),
         "metrics": list(METRICS) + (["MIA-NN"] if experiment.spec.mode == "class" else []),

@@ -7,7 +7,14 @@ import io
 
 from intunlearn.io import write_bytes_atomic
 
-ARITHMETICS = ("integer", "fake")
+TITLES = {"integer": "integer arithmetic", "fake": "fake quantization", "float": "float",
+          "deployed": "as deployed (integer)"}
+
+
+def evaluations(results: dict) -> list[str]:
+    """The evaluations the rows carry, in the order of the table (results from before the
+    'deployed' evaluation have only integer and fake)."""
+    return results.get("evaluations", ["integer", "fake"])
 
 
 def _missing(value) -> bool:
@@ -20,36 +27,33 @@ def _cell(value, digits=1):
 
 
 def format_table(results: dict) -> str:
-    """One line per method: FA RA TA MIA and the average gap to retrain, integer | fake, and the
-    gap difference (integer - fake)."""
-    metrics = results["metrics"]
-    header = (f"{'method':<9}" + "".join(f"{m:>7}" for m in metrics) + f"{'gap':>7}  |"
-              + "".join(f"{m:>7}" for m in metrics) + f"{'gap':>7}  |{'Δgap':>7}{'time s':>8}")
-    title = f"{'':<9}{'integer arithmetic':^{7 * (len(metrics) + 1)}}  |{'fake quantization':^{7 * (len(metrics) + 1)}}  |"
+    """One line per method: FA RA TA MIA and the average gap to retrain in each evaluation
+    (the arithmetics the model computes in, then as deployed), and the time."""
+    metrics, shown = results["metrics"], evaluations(results)
+    block = 7 * (len(metrics) + 1)
+    title = f"{'':<9}" + "".join(f"{TITLES.get(e, e):^{block}}  |" for e in shown)
+    header = (f"{'method':<9}" + "".join("".join(f"{m:>7}" for m in metrics) + f"{'gap':>7}  |" for _ in shown)
+              + f"{'time s':>8}")
     lines = [title, header, "-" * len(header)]
     for row in results["rows"]:
-        cells = []
-        for arithmetic in ARITHMETICS:
-            values = row[arithmetic]
-            cells.append("".join(f"{_cell(values[m]):>7}" for m in metrics) + f"{_cell(values['gap']):>7}")
-        gaps = [row[a]["gap"] for a in ARITHMETICS]
-        delta = None if any(_missing(gap) for gap in gaps) else gaps[0] - gaps[1]
-        lines.append(f"{row['method']:<9}{cells[0]}  |{cells[1]}  |{_cell(delta, 2):>7}{row['seconds']:>8.1f}")
+        cells = "".join("".join(f"{_cell(row[e][m]):>7}" for m in metrics) + f"{_cell(row[e]['gap']):>7}  |"
+                        for e in shown)
+        lines.append(f"{row['method']:<9}{cells}{row['seconds']:>8.1f}")
     return "\n".join(lines)
 
 
 def write_csv(path, results: dict) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    columns = [*results["metrics"], "gap"]
-    writer.writerow(["method", *(f"{a}_{c}" for a in ARITHMETICS for c in columns), "seconds"])
+    columns, shown = [*results["metrics"], "gap"], evaluations(results)
+    writer.writerow(["method", *(f"{e}_{c}" for e in shown for c in columns), "seconds"])
     for row in results["rows"]:
-        writer.writerow([row["method"], *(row[a][c] for a in ARITHMETICS for c in columns), row["seconds"]])
+        writer.writerow([row["method"], *(row[e][c] for e in shown for c in columns), row["seconds"]])
     write_bytes_atomic(path, buffer.getvalue().encode())
 
 
 def write_plot(path, results: dict) -> None:
-    """Bar chart: average gap to retrain per method, integer vs fake quantization (plus FA)."""
+    """Bar chart: average gap to retrain per method in each evaluation (plus FA)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -58,10 +62,12 @@ def write_plot(path, results: dict) -> None:
     rows = [row for row in results["rows"] if row["method"] not in ("retrain",)]
     names = [row["method"] for row in rows]
     figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    width = 0.38
+    shown = evaluations(results)
+    width = 0.8 / len(shown)
     positions = range(len(rows))
     for panel, (metric, label) in zip(axes, (("gap", "average gap to retrain (%)"), ("FA", "forget accuracy (%)"))):
-        for offset, arithmetic in ((-width / 2, "integer"), (width / 2, "fake")):
+        for index, arithmetic in enumerate(shown):
+            offset = (index - (len(shown) - 1) / 2) * width
             # a missing value draws no bar (a zero-height bar would read as a perfect gap)
             values = [float("nan") if _missing(row[arithmetic][metric]) else row[arithmetic][metric]
                       for row in rows]

@@ -48,9 +48,11 @@ def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torc
     (Q-MUL recomputes its weights every epoch). loss_sign=-1 ascends the loss (gradient ascent).
     extra_loss(model, epoch): a term added to every batch's objective as is (not multiplied by
     loss_sign), e.g. an l1 penalty on the weights.
-    Per-sample weights reach the gradients through the quantized layers' weight-gradient
-    reductions (intunlearn.sample_weights), not through the loss: so a model trained with alpha
-    must have every trainable parameter in a QuantLinear / QuantConv2d, which is checked.
+    Per-sample weights reach the gradients of a quantized model through its layers' weight-
+    gradient reductions (intunlearn.sample_weights, fused into the kernels), so every trainable
+    parameter of such a model must sit in a QuantLinear / QuantConv2d, which is checked; a plain
+    float model (no quantized layers) gets them as weights on its per-sample losses instead,
+    which has the same gradient.
     gradient_mask {parameter name: bool tensor of the parameter's shape}: only the True entries
     of those parameters are trained. Their gradients are masked before each optimizer step and
     the False entries are put back to their values after it, so that neither weight decay nor
@@ -79,13 +81,14 @@ def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torc
         if on_epoch_start is not None:
             alpha = on_epoch_start(epoch)
             model.train()
-        if alpha is not None:
-            _check_sample_weights_reach(model, alpha, len(x))
+        fused = alpha is not None and _sample_weights_fused(model, alpha, len(x))
         for batch in batches(len(x), config.batch_size, generator):
             optimizer.zero_grad(set_to_none=True)
             weights = None if alpha is None else alpha[batch]
-            with record_sample_weights(model, weights):
+            with record_sample_weights(model, weights if fused else None):
                 losses = F.cross_entropy(model(x[batch]), y[batch], reduction="none")
+            if weights is not None and not fused:
+                losses = losses * weights
             loss = losses.sum() / len(batch) if weights is not None else losses.mean()
             objective = loss_sign * loss
             if extra_loss is not None:
@@ -102,15 +105,20 @@ def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torc
     return model.eval()
 
 
-def _check_sample_weights_reach(model, alpha, samples):
+def _sample_weights_fused(model, alpha, samples) -> bool:
+    """Whether alpha reaches the gradients through the quantized layers (True) or must weight
+    the losses (False: a model without quantized layers); a model with both is refused."""
     if alpha.dim() != 1 or len(alpha) != samples:
         raise ValueError(f"alpha must have one weight per training sample ({samples}), got shape "
                          f"{tuple(alpha.shape)}")
     outside = parameters_outside_weighted_layers(model)
-    if outside:
-        raise ValueError(f"per-sample weights reach only quantized layers' gradients, but the "
-                         f"parameters {outside} lie outside them (convert the model with "
-                         f"intunlearn.quantize)")
+    if not outside:
+        return True
+    if len(outside) == sum(1 for p in model.parameters() if p.requires_grad):
+        return False
+    raise ValueError(f"per-sample weights reach only quantized layers' gradients, but the "
+                     f"parameters {outside} lie outside them (convert the whole model with "
+                     f"intunlearn.quantize)")
 
 
 @torch.no_grad()

@@ -1,0 +1,147 @@
+"""The fidelity study: pipelines, seeds, deployment, resume and its command-line options."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import intunlearn
+from intunlearn.cli import main
+from intunlearn.unlearning.engine import Experiment
+from intunlearn.unlearning.study import StudyConfig, run_study
+
+from test_unlearning import tiny_config, tiny_dataset
+
+
+def float_experiment(tmp_path, seed=0):
+    return Experiment(tiny_config(arithmetic="float", seed=seed), tmp_path / "cache", data=tiny_dataset())
+
+
+def test_the_float_pipelines_deployed_model_is_quantize_of_its_float_model(tmp_path):
+    """Deployment of the float pipeline is post-training quantization, bit for bit: the same
+    integer state as intunlearn.quantize of the float model (calibrated on the training data),
+    and the same integer outputs."""
+    experiment = float_experiment(tmp_path)
+    float_model = experiment.original()
+    assert not any(isinstance(m, intunlearn.modules.QuantModule) for m in float_model.modules())
+    deployed = experiment.deploy(float_model)
+    calibration = torch.cat([experiment.x_forget, experiment.x_retain])[:1024]
+    expected = intunlearn.quantize(float_model, weight_bits=4, calibration=calibration, mode="integer")
+    from intunlearn.tflite import round_scales_to_float32
+    round_scales_to_float32(expected)  # a .tflite file stores float32 scales
+    deployed_state, expected_state = (intunlearn.integer_state_dict(m) for m in (deployed, expected))
+    assert deployed_state.keys() == expected_state.keys()
+    assert all(torch.equal(deployed_state[k], expected_state[k]) for k in expected_state)
+    x = experiment.x_retain[:32]
+    assert torch.equal(deployed(x), expected(x))
+
+
+def test_the_seed_redraws_the_forget_set(tmp_path):
+    forget = [set(map(tuple, float_experiment(tmp_path, seed).x_forget.flatten(1).tolist())) for seed in (0, 1)]
+    assert len(forget[0]) == len(forget[1]) and forget[0] != forget[1]
+
+
+def small_study(**changes):
+    values = dict(base=tiny_config(methods=("retrain", "ft", "qmul")), seeds=(0, 1), pipelines=("float", "integer"))
+    values.update(changes)
+    return StudyConfig(**values)
+
+
+def test_a_study_reports_every_unit_and_its_statistics(tmp_path):
+    results = run_study(small_study(), tmp_path / "out", tmp_path / "cache", data=tiny_dataset())
+    rows = results["rows"]
+    # seeds x pipelines x (original + methods) x evaluations (float: float + deployed; integer: 3)
+    assert len(rows) == 2 * 4 * 2 + 2 * 4 * 3
+    for name in ("results.json", "results.csv", "report.md", "study-gap.png", "study-shift.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    entry = next(e for e in results["summary"] if e["pipeline"] == "float" and e["method"] == "qmul")
+    per_seed = [r["FA"] for r in rows if r["pipeline"] == "float" and r["method"] == "qmul"
+                and r["evaluation"] == "deployed"]
+    assert entry["FA"]["deployed"]["mean"] == pytest.approx(sum(per_seed) / 2)
+    shifts = [d - u for d, u in zip(per_seed, [r["FA"] for r in rows if r["pipeline"] == "float"
+                                                and r["method"] == "qmul" and r["evaluation"] == "float"])]
+    assert entry["FA"]["shift"]["mean"] == pytest.approx(sum(shifts) / 2)
+    # the integer pipeline deploys its own parameters: only float32 scale rounding can move them
+    integer = next(e for e in results["summary"] if e["pipeline"] == "integer" and e["method"] == "retrain")
+    assert integer["gap"]["as_unlearned"]["mean"] == 0.0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## float pipeline" in report and "## integer pipeline" in report and "| qmul |" in report
+
+
+def test_a_killed_study_resumes_without_redoing_finished_units(tmp_path, monkeypatch):
+    """Kill the study in its second experiment; the rerun must not unlearn the finished units
+    again, and must give the numbers of an uninterrupted study."""
+    from intunlearn.unlearning.methods.simple import FineTune
+
+    study = small_study(pipelines=("integer",))
+    calls, real = [], FineTune.unlearn
+
+    def dying(self, model, task):
+        calls.append(task.seed)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, model, task)
+
+    monkeypatch.setattr(FineTune, "unlearn", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(study, tmp_path / "out", tmp_path / "cache", data=tiny_dataset())
+    calls.clear()
+    monkeypatch.setattr(FineTune, "unlearn", lambda self, model, task: calls.append(task.seed) or real(self, model, task))
+    resumed = run_study(study, tmp_path / "out", tmp_path / "cache", data=tiny_dataset())
+    assert calls == [1]  # seed 0's ft had finished
+    fresh = run_study(study, tmp_path / "fresh", tmp_path / "cache", data=tiny_dataset())
+
+    def numbers(results):
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in results["rows"]]
+
+    assert numbers(resumed) == numbers(fresh)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--seeds", "0"], "must be a count N >= 1"),
+    (["--seeds", "1,1"], "distinct"),
+    (["--seeds", "a,b"], "comma-separated list of seeds"),
+    (["--pipelines", "float,quantum"], "distinct names from float, fake, integer"),
+    (["--pipelines", ""], "distinct names"),
+    (["--unlearn-lr", "0.1,-1"], "learning rates must be distinct finite numbers > 0"),
+])
+def test_bad_study_options_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(["run", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_seed_and_seeds_together_are_refused(capsys, tmp_path):
+    assert main(["run", "--seed", "1", "--seeds", "3", "--out", str(tmp_path / "out")]) == 2
+    assert "give --seeds or --seed, not both" in capsys.readouterr().err
+
+
+def test_a_study_config_names_bad_axes():
+    with pytest.raises(ValueError, match="seeds must be distinct integers"):
+        small_study(seeds=()).validate()
+    with pytest.raises(ValueError, match="pipelines must be distinct names"):
+        small_study(pipelines=("integer", "integer")).validate()
+    with pytest.raises(ValueError, match="unlearn learning rates"):
+        small_study(unlearn_lrs=(float("nan"),)).validate()
+
+
+def test_the_cli_writes_the_study(tmp_path, capsys):
+    import numpy as np
+
+    from test_unlearning import blobs
+
+    x, y = blobs(2)
+    x_test, y_test = blobs(3, per_class=10)
+    path = tmp_path / "blobs.npz"
+    np.savez(path, x=(x.numpy() * 255).astype(np.uint8), y=y.numpy(),
+             x_test=(x_test.numpy() * 255).astype(np.uint8), y_test=y_test.numpy())
+    assert main(["run", "--dataset", f"npz:{path}", "--model", "mlp", "--width", "8", "--methods", "retrain,ft",
+                 "--epochs", "2", "--qat-epochs", "1", "--unlearn-epochs", "1", "--seeds", "2",
+                 "--pipelines", "float,fake", "--unlearn-lr", "0.01,0.001", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "## fake pipeline, unlearning lr 0.001" in printed and "ΔFA" in printed
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["study"]["seeds"] == [0, 1] and results["study"]["unlearn_lrs"] == [0.01, 0.001]
+    assert len({(r["seed"], r["pipeline"], r["unlearn_lr"]) for r in results["rows"]}) == 2 * 2 * 2

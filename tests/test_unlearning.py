@@ -132,6 +132,38 @@ def test_qmul_records_its_reweighting_history():
         assert entry["w_f"] + entry["w_r"] == pytest.approx(1.0)
 
 
+
+def test_qmul_seq_relabels_every_epoch_and_passes_forget_then_retain(monkeypatch):
+    """The authors' schedule: similar labels recomputed each epoch, then whole passes over the
+    forget set and the retain set in that order, each loss scaled by its AGR weight."""
+    from intunlearn.unlearning.methods.qmul import QMULSequential
+
+    data = tiny_dataset()
+    mask = forget_mask(parse_forget("random:0.2", 4), data.y_train, seed=0)
+    original = tiny_trained_model(data.x_train, data.y_train)
+    task = UnlearnTask(data.x_train[mask], data.y_train[mask], data.x_train[~mask], data.y_train[~mask], 4,
+                       "random", 0, retrain_from_scratch=None, epochs=3, batch_size=32)
+    method = get_method("qmul-seq")
+    relabels, seen = [], []
+    real_relabel = QMULSequential.relabel
+    monkeypatch.setattr(QMULSequential, "relabel", lambda self, model, t: relabels.append(1) or real_relabel(self, model, t))
+    forget_rows = {tuple(row) for row in task.x_forget.flatten(1).tolist()}
+    model = copy.deepcopy(original)
+    model.register_forward_pre_hook(lambda module, args: seen.append(
+        "forget" if tuple(args[0][0].flatten().tolist()) in forget_rows else "retain") if module.training else None)
+    method.unlearn(model, task)
+    assert len(relabels) == 3
+    history = method.diagnostics()["agr_history"]
+    assert [entry["epoch"] for entry in history] == [0, 1, 2]
+    assert all(e["w_f"] == pytest.approx(e["G_r"] / (e["G_f"] + e["G_r"])) for e in history)
+    # each epoch: the gradient-norm batches (forget, then retain), then the training passes: the
+    # forget set (one batch of 32) and then every retain batch; mixed batches would interleave them
+    per_epoch = len(seen) // 3
+    for epoch in range(3):
+        block = seen[epoch * per_epoch:(epoch + 1) * per_epoch]
+        passes = block[-(1 + -(-len(task.x_retain) // 32)):]
+        assert passes[0] == "forget" and set(passes[1:]) == {"retain"}
+
 # ---- the runner --------------------------------------------------------------------------------
 
 

@@ -4,7 +4,8 @@ deployed .tflite model back in to unlearn it.
 `export_tflite(model, path)` writes a model converted by `intunlearn.quantize` (or loaded by
 `load_tflite`, or unlearned from either) as an int8 .tflite flatbuffer: CONV_2D,
 DEPTHWISE_CONV_2D, FULLY_CONNECTED, ADD, AVERAGE_POOL_2D (global pooling too), MAX_POOL_2D,
-PAD (where PyTorch's padding is not TFLite's SAME split), RESHAPE, ReLU/ReLU6 fused through the
+PAD (where PyTorch's padding is not TFLite's SAME split), RESHAPE (after a TRANSPOSE to NCHW where
+a multi-channel map is flattened, as PyTorch orders its features), ReLU/ReLU6 fused through the
 activation range, int8 input and output with their scales and zero points. TFLite Micro's
 interpreter runs the file bit-identically with intunlearn's integer forward (tested).
 
@@ -49,8 +50,8 @@ METADATA_NAME = "intunlearn"
 PACKED_INT4 = {"CONV_2D": True, "DEPTHWISE_CONV_2D": True, "FULLY_CONNECTED": False}
 
 SUPPORTED_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "ADD", "AVERAGE_POOL_2D",
-                 "MAX_POOL_2D", "PAD", "RESHAPE", "trailing SOFTMAX/DEQUANTIZE (stripped)",
-                 "leading QUANTIZE (stripped)")
+                 "MAX_POOL_2D", "PAD", "RESHAPE", "TRANSPOSE (NHWC to NCHW before a flatten)",
+                 "trailing SOFTMAX/DEQUANTIZE (stripped)", "leading QUANTIZE (stripped)")
 
 
 def _schema():
@@ -606,6 +607,18 @@ class _Exporter:
             raise NotImplementedError(f"node {node.name!r}: only permute(0, 2, 3, 1) (to NHWC) before a flatten")
         return _Tensor(x.index, x.shape, x.q, False)  # the NHWC tensor itself, now in torch's order too
 
+    def _transpose_to_nchw(self, name, x: _Tensor) -> _Tensor:
+        s, b = self.s, self.b
+        perm = np.array([0, 3, 1, 2], dtype=np.int32)
+        p_index = b.tensor(f"{name}/perm", (4,), s.TensorType.INT32, perm.tobytes())
+        n, h, w, c = x.shape
+        out = b.activation(f"{name}/nchw", (n, c, h, w), self._q(x.q))
+        b.op(s.BuiltinOperator.TRANSPOSE, [x.index, p_index], [out], s.BuiltinOptions.TransposeOptions,
+             s.TransposeOptionsT())
+        self.report_ops.append(f"#{len(b.operators) - 1} TRANSPOSE {name}: NHWC -> NCHW, so that the flatten "
+                               f"orders features as PyTorch does")
+        return _Tensor(out, (n, c, h, w), x.q, False)
+
     def reshape(self, node, shape):
         s, b = self.s, self.b
         x = self.source(node)
@@ -615,8 +628,7 @@ class _Exporter:
         if len(out_shape) == 4:
             raise NotImplementedError(f"node {node.name!r}: a reshape to 4-D has no TFLite export")
         if x.nchw and x.shape[3] != 1 and x.shape[1] * x.shape[2] != 1:
-            raise NotImplementedError(f"node {node.name!r}: flattening an NCHW tensor with several channels "
-                                      f"and positions (TFLite flattens NHWC); pool to 1x1 first")
+            x = self._transpose_to_nchw(node.name, x)  # PyTorch flattens channel-major, TFLite's NHWC does not
         if out_shape == x.shape and not x.nchw:
             return x
         shape_data = np.array(out_shape, dtype=np.int32)
@@ -708,6 +720,7 @@ class _Value:
     shape: tuple  # TFLite shape
     q: qp.ActivationQParams
     pad: tuple = (0, 0, 0, 0)
+    transposed: bool = False  # a TRANSPOSE to NCHW: the TFLite tensor is in PyTorch's order
 
 
 class _Importer:
@@ -954,6 +967,9 @@ class _Importer:
     def _conv(self, operator, op_index, name, values, depthwise):
         s = self.s
         x = values[operator.inputs[0]]
+        if x.transposed:
+            raise NotImplementedError(f"{self.source}: op #{op_index} {name} reads a TRANSPOSE output (only a "
+                                      f"flattening RESHAPE or FULLY_CONNECTED may)")
         q_in = self.activation_tensor(operator.inputs[0], "input", op_index, name)
         out_index = operator.outputs[0]
         q_out = self.activation_tensor(out_index, "output", op_index, name)
@@ -1004,7 +1020,7 @@ class _Importer:
 
     def op_fully_connected(self, operator, op_index, name, values):
         x = values[operator.inputs[0]]
-        self.no_pad(x, op_index, name)
+        self.no_pad(x, op_index, name, flattens=True)
         q_in = self.activation_tensor(operator.inputs[0], "input", op_index, name)
         out_index = operator.outputs[0]
         q_out = self.activation_tensor(out_index, "output", op_index, name)
@@ -1028,20 +1044,23 @@ class _Importer:
         self.layer_state(module_name, layer, weights, scales, bias, q_in, q_out, bits)
         return _Value(node, self.shape(out_index), q_out)
 
-    def no_pad(self, x, op_index, name):
+    def no_pad(self, x, op_index, name, flattens=False):
         if x.pad != (0, 0, 0, 0):
             raise NotImplementedError(f"{self.source}: op #{op_index} {name} reads a PAD output (only a "
                                       f"convolution may)")
+        if x.transposed and not flattens:
+            raise NotImplementedError(f"{self.source}: op #{op_index} {name} reads a TRANSPOSE output (only a "
+                                      f"flattening RESHAPE or FULLY_CONNECTED may)")
 
     def _flatten(self, x: _Value, op_index):
         node = x.node
-        if len(x.shape) == 4 and x.shape[3] != 1 and x.shape[1] * x.shape[2] != 1:
+        if len(x.shape) == 4 and not x.transposed and x.shape[3] != 1 and x.shape[1] * x.shape[2] != 1:
             node = self.fx_graph.call_method("permute", (node, 0, 2, 3, 1))  # NCHW -> TFLite's NHWC order
         return self.fx_graph.call_method("flatten", (node, 1))
 
     def op_reshape(self, operator, op_index, name, values):
         x = values[operator.inputs[0]]
-        self.no_pad(x, op_index, name)
+        self.no_pad(x, op_index, name, flattens=True)
         out_index = operator.outputs[0]
         q_out = self.activation_tensor(out_index, "output", op_index, name)
         if (q_out.scale, q_out.zero_point) != (x.q.scale, x.q.zero_point):
@@ -1100,6 +1119,18 @@ class _Importer:
             raise NotImplementedError(f"{self.source}: op #{op_index} {name} with SAME padding")
         node = self.add_module(f"op{op_index}_maxpool", nn.MaxPool2d(kernel, stride), (x.node,))
         return _Value(node, self.shape(out_index), q_out)
+
+    def op_transpose(self, operator, op_index, name, values):
+        x = values[operator.inputs[0]]
+        self.no_pad(x, op_index, name)
+        q_out = self.activation_tensor(operator.outputs[0], "output", op_index, name)
+        raw = self.constant(operator.inputs[1], "permutation", op_index, name)
+        perm = np.frombuffer(raw, dtype=np.int32 if self.tensor_type(operator.inputs[1]) == "INT32" else np.int64)
+        if len(x.shape) != 4 or perm.tolist() != [0, 3, 1, 2] or (q_out.scale, q_out.zero_point) != \
+                (x.q.scale, x.q.zero_point):
+            raise NotImplementedError(f"{self.source}: op #{op_index} {name}: only a TRANSPOSE of NHWC to NCHW "
+                                      f"(perm [0, 3, 1, 2]) before a flatten, got perm {perm.tolist()}")
+        return _Value(x.node, self.shape(operator.outputs[0]), x.q, transposed=True)
 
     def op_pad(self, operator, op_index, name, values):
         x = values[operator.inputs[0]]

@@ -482,3 +482,21 @@ def test_run_exports_the_models_it_evaluates(tmp_path):
         loaded = tflite.load_tflite(blob)
         codes = tflite.quantize_inputs(loaded, data.x_test[:16])
         assert tflite.compare(blob, loaded, codes, "tflm").identical == 16
+
+
+def test_flattening_a_multichannel_map_transposes_to_pytorch_order():
+    """conv -> max pool -> flatten of a 4x4x4 map -> linear: PyTorch flattens channel-major,
+    so export inserts TRANSPOSE (NHWC -> NCHW) before the RESHAPE; load_tflite reads it back."""
+    torch.manual_seed(2)
+    float_model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                      torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    model = tflite.round_scales_to_float32(intunlearn.quantize(float_model.eval(), calibration=digits().x_train[:128]))
+    data, report = tflite.export_tflite_bytes(model, input_shape=(1, 8, 8))
+    codes = tflite.quantize_inputs(model, digits().x_test[:16])
+    result = tflite.compare(data, model, codes, "tflm")
+    assert result.identical == result.total, str(result)
+    assert "TRANSPOSE" in str(report)
+    loaded = tflite.load_tflite(data)
+    assert torch.equal(tflite.integer_forward(loaded, codes), tflite.integer_forward(model, codes))
+    again, _ = tflite.export_tflite_bytes(loaded)
+    assert tflite.compare(again, model, codes, "tflm").identical == 16

@@ -434,7 +434,7 @@ def main():
                     "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     "env": {k: os.environ[k] for k in os.environ
-                            if k.startswith(("OPENBLAS", "OMP", "MKL", "NUMBA", "INTUNLEARN"))}},
+                            if k.startswith(("OPENBLAS", "OMP", "GOMP", "KMP", "MKL", "NUMBA", "INTUNLEARN", "ATEN"))}},
         "args": {"quick": args.quick, "size": size, "batch": batch, "repeats": repeats},
     }
     started = time.perf_counter()

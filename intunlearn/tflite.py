@@ -401,7 +401,7 @@ class _Exporter:
             raise NotImplementedError(f"{name}: its input parameters {q} differ from its producer's {value.q} "
                                       f"(a requantization TFLite would need as a separate op)")
 
-    def _check_integers(self, name, entries, module, activation, q_in, q_out, weight_scales):
+    def _check_integers(self, name, entries, activation, q_in, q_out, weight_scales):
         multiplier, shift = _runtime_multipliers(q_in.scale, weight_scales, q_out.scale)
         if not (torch.equal(multiplier, entries["multiplier"]) and torch.equal(shift, entries["shift"])):
             channel = int((multiplier != entries["multiplier"]).logical_or(shift != entries["shift"])
@@ -418,7 +418,7 @@ class _Exporter:
         kinds = self.s.ActivationFunctionType
         return {None: kinds.NONE, "relu": kinds.RELU, "relu6": kinds.RELU6}[activation]
 
-    def _weights(self, name, op_name, entries, layer, values: torch.Tensor, scales, quantized_dimension):
+    def _weights(self, name, op_name, layer, values: torch.Tensor, scales, quantized_dimension):
         """The weight tensor: int8, or int4 packed where the runtime takes it, else int4 values in
         an int8 tensor."""
         bits = layer.weight_bits
@@ -457,7 +457,7 @@ class _Exporter:
             weight = ops.unpack_int4(weight, math.prod(shape[1:]))
         weight = weight.reshape(shape)
         scales = [_f32(v) for v in entries["weight_scale"].double().tolist()]
-        self._check_integers(name, entries, layer, layer.activation, q_in, q_out, scales)
+        self._check_integers(name, entries, layer.activation, q_in, q_out, scales)
         return name, entries, x, q_in, q_out, weight, scales
 
     def conv(self, node, layer: QuantConv2d, shape):
@@ -480,13 +480,13 @@ class _Exporter:
         op_name = "DEPTHWISE_CONV_2D" if depthwise else "CONV_2D"
         if depthwise:
             values = weight[:, 0].permute(1, 2, 0).unsqueeze(0)  # [1, KH, KW, OC]
-            w_index, fmt = self._weights(name, op_name, entries, layer, values, scales, 3)
+            w_index, fmt = self._weights(name, op_name, layer, values, scales, 3)
             options = s.DepthwiseConv2DOptionsT()
             options.depthMultiplier = out_channels // in_channels
             options_type, code = s.BuiltinOptions.DepthwiseConv2DOptions, s.BuiltinOperator.DEPTHWISE_CONV_2D
         else:
             values = weight.permute(0, 2, 3, 1)  # OHWI
-            w_index, fmt = self._weights(name, op_name, entries, layer, values, scales, 0)
+            w_index, fmt = self._weights(name, op_name, layer, values, scales, 0)
             options = s.Conv2DOptionsT()
             options_type, code = s.BuiltinOptions.Conv2DOptions, s.BuiltinOperator.CONV_2D
         options.padding = getattr(s.Padding, padding)
@@ -521,7 +521,7 @@ class _Exporter:
         if len(x.shape) != 2:
             raise NotImplementedError(f"{name}: a linear layer on a {len(x.shape)}-D tensor has no TFLite export "
                                       f"(flatten first)")
-        w_index, fmt = self._weights(name, "FULLY_CONNECTED", entries, layer, weight, scales, 0)
+        w_index, fmt = self._weights(name, "FULLY_CONNECTED", layer, weight, scales, 0)
         options = s.FullyConnectedOptionsT()
         options.fusedActivationFunction = self._activation_code(layer.activation)
         out_shape = tuple(int(v) for v in shape)
@@ -876,9 +876,9 @@ class _Importer:
         multiplier, shift = _runtime_multipliers(q_in.scale, scales, q_out.scale)
         act_min, act_max = _runtime_activation_range(layer.activation, q_out)
         self.qsets[name] = {"input": q_in, "output": q_out}
-        entries = {"weight_bits": torch.tensor(bits), "weight": stored, "weight_shape": torch.tensor(weight.shape), "weight_scale": scale_tensor,
-                   "multiplier": multiplier, "shift": shift, "act_min": torch.tensor(act_min),
-                   "act_max": torch.tensor(act_max)}
+        entries = {"weight_bits": torch.tensor(bits), "weight": stored, "weight_shape": torch.tensor(weight.shape),
+                   "weight_scale": scale_tensor, "multiplier": multiplier, "shift": shift,
+                   "act_min": torch.tensor(act_min), "act_max": torch.tensor(act_max)}
         if bias is not None:
             entries["bias"] = bias
         self.layer_entries[name] = entries

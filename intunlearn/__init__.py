@@ -6,16 +6,24 @@ The integer spec (TFLite int8 quantization, TFLM reference semantics) lives in
 `intunlearn.modules`. See DESIGN.md for the layers.
 """
 
-from intunlearn import ops, qparams
-from intunlearn.convert import fold_batch_norm, quantize
-from intunlearn.deploy import (integer_state_dict, load_integer_state, load_integer_state_dict,
+# First, before torch and Numba load their OpenMP runtimes: idle workers sleep instead of
+# spinning (see intunlearn.threads; it imports nothing heavy).
+from intunlearn.threads import configure_waiting
+
+configure_waiting()
+
+from intunlearn import ops, qparams  # noqa: E402
+from intunlearn.convert import fold_batch_norm, quantize  # noqa: E402
+from intunlearn.deploy import (integer_state_dict, load_integer_state, load_integer_state_dict,  # noqa: E402
                                save_integer_state)
-from intunlearn.modules import (InputQuantizer, QuantAdd, QuantAvgPool2d, QuantConv2d, QuantLinear,
+from intunlearn.modules import (InputQuantizer, QuantAdd, QuantAvgPool2d, QuantConv2d, QuantLinear,  # noqa: E402
                                 sample_weights, set_arithmetic)
+from intunlearn.tflite import export_tflite, load_tflite  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "InputQuantizer", "QuantAdd", "QuantAvgPool2d", "QuantConv2d", "QuantLinear", "__version__",
-    "fold_batch_norm", "integer_state_dict", "load_integer_state", "load_integer_state_dict", "ops",
-    "qparams", "quantize", "sample_weights", "save_integer_state", "set_arithmetic",
+    "export_tflite", "fold_batch_norm", "integer_state_dict", "load_integer_state",
+    "load_integer_state_dict", "load_tflite", "ops", "qparams", "quantize", "sample_weights",
+    "save_integer_state", "set_arithmetic",
 ]

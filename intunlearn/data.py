@@ -8,7 +8,9 @@
 - ``"npz:PATH"``: a NumPy .npz archive with arrays ``x`` ([N, H, W] or [N, C, H, W]; uint8 is
   divided by 255, float must already lie in [0, 1]) and ``y`` ([N] non-negative integer labels),
   and optionally ``x_test`` / ``y_test``; without them a seeded stratified split is made.
-  ``num_classes`` is the largest label (train and test) plus one.
+  ``num_classes`` is the largest label (train and test) plus one; a label beyond MAX_CLASSES - 1
+  or a single class is refused (`check_labels`, which runs before training, also wants every class
+  0..C-1 in the training set).
 - ``"mnist"``, ``"cifar10"``, ``"cifar100"``, ``"svhn"``: the official train / test sets, read
   from `root` in the formats their authors distribute (MNIST idx files, CIFAR python pickles,
   SVHN cropped-digit .mat files). `root` defaults to ``$INTUNLEARN_DATA`` or
@@ -38,9 +40,13 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "SPECS", "default_root", "load_dataset"]
+__all__ = ["Dataset", "MAX_CLASSES", "SPECS", "check_labels", "default_root", "load_dataset"]
 
 log = logging.getLogger(__name__)
+
+#: The most classes a data set may have: a larger label is a damaged or foreign file, not a task
+#: (a label of 2**40 would otherwise size a model's output layer to it).
+MAX_CLASSES = 100_000
 
 #: The valid dataset specs (``npz:PATH`` takes a path after the colon).
 SPECS = ("digits", "mnist", "cifar10", "cifar100", "svhn", "npz:PATH")
@@ -170,6 +176,33 @@ def _check_label_range(y: np.ndarray, where: str, low: int, high: int) -> None:
                          f"{y.min()}..{y.max()}")
 
 
+def check_labels(data: Dataset) -> None:
+    """The labels must be class indices 0..C-1 (C = data.num_classes, 2 <= C <= MAX_CLASSES)
+    with training samples of every class, and test labels in the same range. ValueError saying
+    what is wrong otherwise. Run before any training: a model is sized by C."""
+    where = f"data set {data.name!r}"
+    classes = data.num_classes
+    if not 2 <= classes <= MAX_CLASSES:
+        raise ValueError(f"{where} has {classes:,} classes; expected at least 2 (unlearning one class or some "
+                         f"samples needs others to keep) and at most {MAX_CLASSES:,}")
+    for split, y in (("train", data.y_train), ("test", data.y_test)):
+        if len(y) == 0:
+            raise ValueError(f"{where} has no {split} samples")
+        low, high = int(y.min()), int(y.max())
+        if low < 0 or high >= classes:
+            raise ValueError(f"{where}: {split} labels lie in {low}..{high}; expected class indices "
+                             f"0..{classes - 1}")
+    present = torch.unique(data.y_train)
+    if len(present) == 1:
+        raise ValueError(f"{where}: every training label is {int(present[0])}: a single class; unlearning needs "
+                         f"at least two classes")
+    if len(present) != classes:
+        missing = sorted(set(range(classes)) - set(present.tolist()))
+        shown = ", ".join(map(str, missing[:8])) + (", ..." if len(missing) > 8 else "")
+        raise ValueError(f"{where}: labels must be a contiguous range 0..{classes - 1} with training samples of "
+                         f"every class; {len(missing):,} classes have none ({shown})")
+
+
 # --------------------------------------------------------------------------------------------
 # digits
 
@@ -226,6 +259,18 @@ def _npz_labels(y: np.ndarray, path: Path, key: str, count: int, x_key: str) -> 
     return y.astype(np.int64)
 
 
+def _npz_label_range(path: Path, labels: dict[str, np.ndarray]) -> None:
+    """Before anything is sized by the labels: at most MAX_CLASSES classes, and two at least."""
+    for key, y in labels.items():
+        if y.size and int(y.max()) >= MAX_CLASSES:
+            raise ValueError(f"{path}: array {key!r} holds the label {int(y.max())}; labels must be class "
+                             f"indices 0..C-1 with at most {MAX_CLASSES:,} classes")
+    values = np.unique(np.concatenate([y.reshape(-1) for y in labels.values()]))
+    if len(values) == 1:
+        raise ValueError(f"{path}: every label is {int(values[0])}: a single class; unlearning needs at least "
+                         f"two classes")
+
+
 def _to_float_tensor(x: np.ndarray) -> torch.Tensor:
     if x.dtype == np.uint8:
         return _uint8_to_float(x)
@@ -269,8 +314,10 @@ def _load_npz(name: str, path: Path, seed: int, test_fraction: float) -> Dataset
         if x_test.shape[1:] != x.shape[1:]:
             raise ValueError(f"{path}: array 'x_test' has images of shape {x_test.shape[1:]} "
                              f"but 'x' has {x.shape[1:]}; expected the same (C, H, W)")
+        _npz_label_range(path, {"y": y, "y_test": y_test})
         x_train, y_train = x, y
     else:
+        _npz_label_range(path, {"y": y})
         train, test = _stratified_split(y, seed, test_fraction, str(path))
         x_train, y_train, x_test, y_test = x[train], y[train], x[test], y[test]
     num_classes = int(max(y_train.max(), y_test.max())) + 1

@@ -48,3 +48,25 @@ def test_set_compute_threads_sets_both_pools():
 def test_set_compute_threads_names_a_bad_count(count):
     with pytest.raises(ValueError, match="count"):
         threads.set_compute_threads(count)
+
+
+def test_import_intunlearn_sets_passive_waiting_before_torch_starts():
+    """`import intunlearn` chooses the wait policy before torch is first imported (torch's
+    libgomp reads the environment once, when it is loaded)."""
+    import os
+    import subprocess
+    import sys
+    code = ("import builtins, os\n"
+            "policy_at_torch_import = []\n"
+            "real_import = builtins.__import__\n"
+            "def spy(name, *args, **kwargs):\n"
+            "    if name == 'torch' and not policy_at_torch_import:\n"
+            "        policy_at_torch_import.append(os.environ.get('OMP_WAIT_POLICY'))\n"
+            "    return real_import(name, *args, **kwargs)\n"
+            "builtins.__import__ = spy\n"
+            "import intunlearn\n"
+            "print(policy_at_torch_import[0])")
+    env = {k: v for k, v in os.environ.items() if k not in threads.WAIT_VARIABLES}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.split()[-1] == "PASSIVE"

@@ -33,8 +33,9 @@ AVX-VNNI tile (``int8_tile_avxvnni``): the VNNI kernel on ymm registers — the 
 ``vpdpbusd`` of Alder Lake / Zen 4 client cores, u8 x s8 in groups of 4 on the u8 = x + 128
 image and int8 panels — also in 4 segments of 16 channels.
 
-Few-row kernel (``gemv_pairs``): up to 6 rows by CH channels with the weights read in place
-(int8, or packed int4 unpacked in registers); see _gemv_pairs_kernel.
+Few-row kernels, weights read in place: ``gemv_pairs`` (int16, 6 rows x 2 channels, or one
+row x 8 channels; int8, or packed int4 unpacked in registers) and ``gemv_nibbles`` (packed int4
+on 4 rows with vpmaddubsw, exact for 4-bit weights).
 """
 
 from __future__ import annotations

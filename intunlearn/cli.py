@@ -335,6 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, NotImplementedError) as error:
         print(f"intunlearn {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:  # Ctrl-C: one line, no traceback
+        where, out = getattr(error, "where", None), getattr(error, "out", None)
+        if where is None:
+            print(f"\nintunlearn {args.command}: interrupted", file=sys.stderr)
+        else:
+            print(f"\nintunlearn {args.command}: interrupted in {where}; the finished work is kept in {out}: run "
+                  f"the same command to resume", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import intunlearn
 from intunlearn.cli import main
 from intunlearn.data import Dataset
 from intunlearn.models import build_model
-from intunlearn.unlearning.engine import ExperimentConfig, run_experiment
+from intunlearn.unlearning.engine import ExperimentConfig, progress_checksum, run_experiment
 from intunlearn.unlearning.forget import forget_mask, parse_forget
 from intunlearn.unlearning.methods import METHODS, UnlearnTask, get_method
 from intunlearn.unlearning.methods.qmul import agr_weights, similar_labels
@@ -197,10 +197,13 @@ def test_run_resumes_finished_methods_and_reuses_the_cached_original(tmp_path):
     assert len(cached) == 2 and all(name.endswith(".pt") for name in cached)  # original + retrain
     progress_path = tmp_path / "out" / "progress.json"
     progress = json.loads(progress_path.read_text())
-    progress["methods"]["ft"]["metrics"]["integer"]["FA"] = -1.0  # a marker only a resumed run keeps
+    # a marker only a resumed run keeps (a possible value no run measures: 32 forget samples give
+    # multiples of 3.125), with the file's checksum recomputed as a deliberate editor would
+    progress["methods"]["ft"]["metrics"]["integer"]["FA"] = 12.345
+    progress["checksum"] = progress_checksum(progress)
     progress_path.write_text(json.dumps(progress))
     resumed = run_experiment(config, tmp_path / "out", tmp_path / "cache", data=tiny_dataset())
-    assert resumed["rows"][2]["integer"]["FA"] == -1.0
+    assert resumed["rows"][2]["integer"]["FA"] == 12.345
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == cached
 
 

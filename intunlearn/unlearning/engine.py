@@ -5,8 +5,13 @@ compare with retraining.
 The original model and the retrained one follow one recipe: float pre-training, conversion with
 `intunlearn.quantize` (BN folded, ranges calibrated on training data), then quantization-aware
 training in the configured arithmetic. Both are cached on disk under a hash of everything they
-depend on. Finished methods are recorded in the output folder, so an interrupted run resumes
-where it stopped.
+depend on; a cached file carries that recipe and a checksum, and is refused by name when it was
+made by another recipe, is damaged or holds impossible quantization parameters. Processes that
+share a cache train each model once (a lock file beside it; the others wait and load it).
+Finished methods are recorded in the output folder (progress.json: keyed on the configuration
+without its methods, validated and checksummed), so an interrupted run resumes where it stopped
+and a run that adds a method keeps the finished ones; any other change is refused, saying what
+differs. One run writes an output folder at a time (LOCK_NAME in it).
 
 A deployed model comes in as `model="tflite:PATH"`: the file, read by `intunlearn.tflite.load_tflite`,
 is the original model (no training); its retrained counterpart is the same structure with fresh
@@ -24,7 +29,9 @@ import hashlib
 import io
 import json
 import math
+import os
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +40,8 @@ import torch
 from tqdm import tqdm
 
 import intunlearn
-from intunlearn.io import write_bytes_atomic, write_json_atomic
+from intunlearn.io import (FileLock, LockHeld, check_writable, json_safe, remove_temporaries, write_bytes_atomic,
+                           write_json_atomic)
 from intunlearn.models import build_model
 from intunlearn.unlearning.forget import forget_mask, parse_forget
 from intunlearn.unlearning.methods import UnlearnTask, get_method
@@ -44,7 +52,11 @@ ARITHMETICS = ("integer", "fake")  # how a quantized model is evaluated
 PIPELINES = ("float", "fake", "integer")  # what training and unlearning compute in
 DEPLOYED = "deployed"  # the evaluation of the model as deployed: integer arithmetic, float32 scales
 EVALUATIONS = ("float", "integer", "fake", DEPLOYED)  # the order of tables (a resumed run reads sorted JSON)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: a cached model carries its recipe and a checksum (files of version 1 are not read)
+CACHE_FORMAT = "intunlearn cached model"
+PROGRESS_FORMAT = 2  # 2: keyed on the configuration without its methods, with the configuration and a checksum
+LOCK_NAME = ".intunlearn.lock"
+FRESH_HINT = "delete it to redo this experiment, or use a fresh --out"
 TFLITE_PREFIX = "tflite:"
 
 
@@ -100,6 +112,7 @@ class ExperimentConfig:
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite positive number, got {value}")
         check_device(self.device)
+        check_backend(self.backend, self.device)
         return self
 
 
@@ -113,6 +126,25 @@ def check_device(device: str) -> None:
         raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} is not available (no CUDA device)")
+
+
+def check_backend(backend: str, device: str) -> None:
+    """The backend exists here and computes on the device: checked before anything is trained."""
+    if backend == "auto":
+        return
+    from intunlearn.backends import BACKENDS, choose
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be 'auto' or one of {sorted(BACKENDS)}, got {backend!r}")
+    kind = torch.device(device).type
+    if backend == "triton" and kind == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"backend 'triton' computes on CUDA devices, and the device is {device!r}: use "
+                         f"--device cuda on a machine with a GPU, or --backend auto, numba or reference on the CPU "
+                         f"(Triton runs CPU tensors only under TRITON_INTERPRET=1, for testing)")
+    try:
+        choose(backend, torch.device(device))
+    except NotImplementedError as error:
+        raise ValueError(str(error)) from None
 
 
 def data_fingerprint(*tensors) -> str:
@@ -138,6 +170,8 @@ class Experiment:
         if data is None:
             from intunlearn.data import load_dataset
             data = load_dataset(config.dataset, root=config.data_root, seed=config.seed)
+        from intunlearn.data import check_labels
+        check_labels(data)
         self.data = data
         self.spec = parse_forget(config.forget, data.num_classes)
         mask = forget_mask(self.spec, data.y_train, config.seed)
@@ -198,7 +232,7 @@ class Experiment:
                 module.backend = self.config.backend
         return intunlearn.set_arithmetic(model, self.config.arithmetic)
 
-    def _tflite_recipe(self, x, y, seed, role, path):
+    def _tflite_recipe(self, x, y, seed, role, path, key):
         """The imported model (original), or its structure with fresh weights trained on (x, y)
         in fake quantization, then in the configured arithmetic (retrain)."""
         model = self._load_tflite()
@@ -211,29 +245,90 @@ class Experiment:
                 weight = torch.empty_like(layer.weight)
                 torch.nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
                 QuantLinear.load_float(layer, weight, None if layer.bias is None else torch.zeros_like(layer.bias))
-        if path.exists():
-            return self._load_cached(model, path)
-        c = self.config
-        intunlearn.set_arithmetic(model, "fake")
-        train(model, x, y, TrainConfig(c.pretrain_epochs, c.lr, c.batch_size), seed=seed,
-              desc=f"{role}: fake-quant training of the imported structure")
-        intunlearn.set_arithmetic(model, c.arithmetic)
-        train(model, x, y, TrainConfig(c.qat_epochs, c.lr * 0.1, c.batch_size), seed=seed + 1,
-              desc=f"{role}: quantization-aware training ({c.arithmetic})")
-        self._save_cached(model, path)
-        return model
 
-    def _load_cached(self, model, path):
+        def make():
+            c = self.config
+            intunlearn.set_arithmetic(model, "fake")
+            train(model, x, y, TrainConfig(c.pretrain_epochs, c.lr, c.batch_size), seed=seed,
+                  desc=f"{role}: fake-quant training of the imported structure")
+            intunlearn.set_arithmetic(model, c.arithmetic)
+            train(model, x, y, TrainConfig(c.qat_epochs, c.lr * 0.1, c.batch_size), seed=seed + 1,
+                  desc=f"{role}: quantization-aware training ({c.arithmetic})")
+            return model
+
+        return self._cached(path, key, lambda: model, make)
+
+    def _cached(self, path, key, skeleton, make):
+        """The model cached at `path` (loaded into skeleton()), or make()'s, saved there. One
+        process trains a model at a time: the others wait for it (a lock file beside the model)
+        and then load what it saved."""
+        if path.exists():
+            return self._load_cached(skeleton(), path, key)
+
+        def waiting(holder):
+            print(f"waiting for {FileLock.describe(holder)}, which is training the model {path} "
+                  f"(the cache is shared) ...", file=sys.stderr, flush=True)
+
+        lock = FileLock(path.with_name(f".{path.name}.lock")).acquire(blocking=True, on_wait=waiting)
         try:
-            model.load_state_dict(torch.load(path, weights_only=True, map_location=self.device))
+            remove_temporaries(path.parent, prefix=f".{path.name}.")  # left by a killed writer of this model
+            if path.exists():  # another process trained it while we waited
+                return self._load_cached(skeleton(), path, key)
+            model = make()
+            self._save_cached(model, path, key)
+            return model
+        finally:
+            lock.release()
+
+    def _load_cached(self, model, path, key):
+        """Load a cached model after checking that it is one (its format, its checksum), that it
+        was made by this recipe (a file copied over another's is refused), and that its
+        quantization parameters are possible; ValueError naming the file otherwise."""
+        hint = "delete it to train the model again"
+        try:
+            payload = torch.load(path, weights_only=True, map_location=self.device)
         except Exception as error:  # a truncated or foreign file: say which one
             raise ValueError(f"the cached model {path} cannot be loaded ({type(error).__name__}: "
-                             f"{error}); delete it to train it again") from None
+                             f"{error}); {hint}") from None
+        if not isinstance(payload, dict) or payload.get("format") != CACHE_FORMAT or set(payload) != {
+                "format", "recipe", "state", "checksum"}:
+            raise ValueError(f"the cached model {path} is not a cached model of this intunlearn version; {hint}")
+        recipe, state, checksum = payload["recipe"], payload["state"], payload["checksum"]
+        if not isinstance(recipe, str) or not isinstance(state, dict) or not all(
+                isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()) \
+                or not isinstance(checksum, torch.Tensor) or checksum.dtype != torch.uint8 or checksum.shape != (32,):
+            raise ValueError(f"the cached model {path} is damaged (its recipe, state or checksum has the wrong "
+                             f"type); {hint}")
+        if not torch.equal(checksum.cpu(), _cache_checksum(recipe, state)):
+            raise ValueError(f"the cached model {path}: checksum mismatch: the file is damaged or was edited; {hint}")
+        expected = _recipe_text(key)
+        if recipe != expected:
+            raise ValueError(f"the cached model {path} was made by another recipe ({_recipe_difference(recipe, key)}):"
+                             f" a file copied or renamed in the cache; {hint}")
+        expected_entries = model.state_dict()
+        if set(state) != set(expected_entries):
+            missing, extra = sorted(set(expected_entries) - set(state)), sorted(set(state) - set(expected_entries))
+            raise ValueError(f"the cached model {path} does not fit the model (missing entries {missing}, unexpected "
+                             f"entries {extra}); {hint}")
+        for name, value in state.items():  # load_state_dict would cast another dtype silently
+            if value.dtype != expected_entries[name].dtype or value.shape != expected_entries[name].shape:
+                raise ValueError(f"the cached model {path} does not fit the model (entry {name!r} is {value.dtype} "
+                                 f"{tuple(value.shape)}, expected {expected_entries[name].dtype} "
+                                 f"{tuple(expected_entries[name].shape)}); {hint}")
+        _check_cached_state(state, path, hint)
+        try:
+            model.load_state_dict(state)
+        except Exception as error:
+            raise ValueError(f"the cached model {path} does not fit the model ({type(error).__name__}: "
+                             f"{error}); {hint}") from None
         return model.eval()
 
-    def _save_cached(self, model, path):
+    def _save_cached(self, model, path, key):
+        state = model.state_dict()
+        recipe = _recipe_text(key)
         buffer = io.BytesIO()
-        torch.save(model.state_dict(), buffer)
+        torch.save({"format": CACHE_FORMAT, "recipe": recipe, "state": state,
+                    "checksum": _cache_checksum(recipe, state)}, buffer)
         write_bytes_atomic(path, buffer.getvalue())
 
     def run_recipe(self, x, y, seed: int, role: str):
@@ -245,29 +340,27 @@ class Experiment:
         key = self._recipe_key(role, x, y)
         path = self.cache_dir / f"{role}-{config_hash(key)}.pt"
         if self.config.tflite_path is not None:
-            return self._tflite_recipe(x, y, seed, role, path)
-        float_model = self._fresh_float_model(seed)
+            return self._tflite_recipe(x, y, seed, role, path, key)
         c = self.config
-        if path.exists():
-            model = float_model if c.arithmetic == "float" else self._quantize(float_model, x)
-            try:
-                model.load_state_dict(torch.load(path, weights_only=True, map_location=self.device))
-            except Exception as error:  # a truncated or foreign file: say which one
-                raise ValueError(f"the cached model {path} cannot be loaded ({type(error).__name__}: "
-                                 f"{error}); delete it to train it again") from None
-            return model.eval()
-        if c.arithmetic == "float":  # the float pipeline: its model is the float one
-            train(float_model, x, y, TrainConfig(c.pretrain_epochs + c.qat_epochs, c.lr, c.batch_size), seed=seed,
-                  desc=f"{role}: float training")
-            self._save_cached(float_model, path)
-            return float_model.eval()
-        train(float_model, x, y, TrainConfig(c.pretrain_epochs, c.lr, c.batch_size), seed=seed,
-              desc=f"{role}: float pre-training")
-        model = self._quantize(float_model, x)
-        train(model, x, y, TrainConfig(c.qat_epochs, c.lr * 0.1, c.batch_size), seed=seed + 1,
-              desc=f"{role}: quantization-aware training ({c.arithmetic})")
-        self._save_cached(model, path)
-        return model
+
+        def skeleton():  # the structure a cached state loads into
+            float_model = self._fresh_float_model(seed)
+            return float_model if c.arithmetic == "float" else self._quantize(float_model, x)
+
+        def make():
+            float_model = self._fresh_float_model(seed)
+            if c.arithmetic == "float":  # the float pipeline: its model is the float one
+                train(float_model, x, y, TrainConfig(c.pretrain_epochs + c.qat_epochs, c.lr, c.batch_size),
+                      seed=seed, desc=f"{role}: float training")
+                return float_model.eval()
+            train(float_model, x, y, TrainConfig(c.pretrain_epochs, c.lr, c.batch_size), seed=seed,
+                  desc=f"{role}: float pre-training")
+            model = self._quantize(float_model, x)
+            train(model, x, y, TrainConfig(c.qat_epochs, c.lr * 0.1, c.batch_size), seed=seed + 1,
+                  desc=f"{role}: quantization-aware training ({c.arithmetic})")
+            return model
+
+        return self._cached(path, key, skeleton, make)
 
     def original(self):
         return self.run_recipe(torch.cat([self.x_forget, self.x_retain]),
@@ -349,6 +442,49 @@ def _is_quantized(model) -> bool:
     return any(isinstance(m, intunlearn.modules.QuantModule) for m in model.modules())
 
 
+def _recipe_text(key: dict) -> str:
+    return json.dumps(key, sort_keys=True)
+
+
+def _recipe_difference(recipe: str, key: dict) -> str:
+    try:
+        stored = json.loads(recipe)
+    except ValueError:
+        stored = None
+    if not isinstance(stored, dict):
+        return "an unreadable recipe"
+    names = sorted(set(stored) | set(key), key=lambda name: (name != "role", name))
+    return ", ".join(f"{name} {stored.get(name)!r}, expected {key.get(name)!r}" for name in names
+                     if stored.get(name) != key.get(name))
+
+
+def _cache_checksum(recipe: str, state: dict) -> torch.Tensor:
+    """SHA-256 of the recipe and of every entry of the state (names, dtypes, shapes, bytes)."""
+    from intunlearn.deploy import state_checksum
+
+    digest = hashlib.sha256(recipe.encode())
+    digest.update(bytes(state_checksum(state).tolist()))
+    return torch.tensor(list(digest.digest()), dtype=torch.uint8)
+
+
+def _check_cached_state(state: dict, path, hint: str) -> None:
+    """A cached model's quantization parameters must be possible (and its floats finite): a
+    scale that is zero, negative or NaN, or a zero point outside int8, is refused by name
+    rather than met as a ZeroDivisionError or a silent wrong result."""
+    for name, value in state.items():
+        if name.endswith("observed_range"):  # the calibration observer's (+inf, -inf) before use
+            continue
+        if value.is_floating_point() and value.numel() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"the cached model {path}: entry {name!r} holds NaN or inf; {hint}")
+        if name.endswith("_scale") and value.numel() and not bool((value > 0).all()):
+            raise ValueError(f"the cached model {path}: entry {name!r} must hold finite positive scales, found "
+                             f"{float(value.min()):g}; {hint}")
+        if name.endswith("_zero_point") and value.numel() and not (
+                -128 <= int(value.min()) and int(value.max()) <= 127):
+            raise ValueError(f"the cached model {path}: entry {name!r} must hold int8 zero points, found "
+                             f"{int(value.min())}..{int(value.max())}; {hint}")
+
+
 def _missing_as_nan(value):
     """JSON stores a metric that could not be measured (NaN) as null; read it back as NaN so
     that a resumed run reports exactly what the uninterrupted one does."""
@@ -360,42 +496,89 @@ def _missing_as_nan(value):
     return value
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: `where` it stopped and its output folder `out` (finished work there
+    is kept; the same command resumes)."""
+
+    def __init__(self, where: str, out):
+        super().__init__(where)
+        self.where, self.out = where, Path(out)
+
+
+class _Stage:
+    """What the run is doing now, for the line Ctrl-C prints."""
+
+    def __init__(self, now: str):
+        self.now = now
+
+
+def lock_output(folder) -> FileLock:
+    """The lock of an output folder (LOCK_NAME in it): one run writes a folder at a time. A
+    folder in use raises ValueError naming the process that holds it; a lock left by a process
+    that died is taken over (with a note), and then the temporary files that killed writers
+    left in the folder are removed."""
+    folder = Path(folder)
+    try:
+        lock = FileLock(folder / LOCK_NAME).acquire()
+    except LockHeld:
+        holder = FileLock.holder(folder / LOCK_NAME)
+        raise LockHeld(f"out: {folder} is in use by another intunlearn run ({FileLock.describe(holder)}); wait for "
+                       f"it to finish, or use another --out") from None
+    if lock.previous:
+        print(f"note: {folder} was left locked by {FileLock.describe(lock.previous)}, which is no longer "
+              f"running; taking it over", file=sys.stderr)
+    remove_temporaries(folder, recursive=True)
+    return lock
+
+
 def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None, export_dir=None,
                    tables: bool = True) -> dict:
     """Run (or resume) the experiment; writes results.json (and with tables, results.csv and
     results.png) to out_dir.
 
     export_dir: also write the original, retrained and every unlearned model computed by this
-    call as <name>.tflite there (their scales rounded to float32 first: config.float32_scales)."""
+    call as <name>.tflite there (their scales rounded to float32 first: config.float32_scales).
+
+    Before any work: the configuration, the backend, and that out_dir, cache_dir (and export_dir)
+    can be written; out_dir is locked for the run (a second run into it stops at once). Ctrl-C
+    raises Interrupted, which says where the run stopped."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"out: {out_dir} exists and is not a directory")
+    config.validate()
+    check_writable(out_dir, "out")
+    check_writable(cache_dir, "cache")
     if export_dir is not None:
         export_dir = Path(export_dir)
         if export_dir.exists() and not export_dir.is_dir():
             raise ValueError(f"export: {export_dir} exists and is not a directory")
         from intunlearn.tflite import _schema
         _schema()  # the deploy extra is installed: fail before anything is trained
+        check_writable(export_dir, "export")
         config = dataclasses.replace(config, float32_scales=True)
+    lock = lock_output(out_dir)
+    stage = _Stage("loading the data")
+    try:
+        return _run_locked(config, out_dir, cache_dir, data, export_dir, tables, stage)
+    except KeyboardInterrupt as error:
+        if isinstance(error, Interrupted):
+            raise
+        raise Interrupted(stage.now, out_dir) from None
+    finally:
+        lock.release()
+
+
+def _run_locked(config, out_dir, cache_dir, data, export_dir, tables, stage) -> dict:
     experiment = Experiment(config, cache_dir, data)
     for name in config.methods:
         get_method(name).check(experiment.task())
     progress_path = out_dir / "progress.json"
-    key = config_hash({**dataclasses.asdict(config), "data": data_fingerprint(
-        experiment.data.x_train, experiment.data.y_train, experiment.data.x_test, experiment.data.y_test)})
-    progress = {"config_hash": key, "methods": {}}
-    if progress_path.exists():
-        try:
-            saved = json.loads(progress_path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{progress_path} is not valid JSON ({error}); delete it to start the "
-                             f"run over") from None
-        if not isinstance(saved, dict) or not isinstance(saved.get("methods", {}), dict):
-            raise ValueError(f"{progress_path} is not a progress file of intunlearn run; delete it "
-                             f"to start the run over")
-        if saved.get("config_hash") == key:
-            progress = _missing_as_nan(saved)
+    fingerprint = data_fingerprint(experiment.data.x_train, experiment.data.y_train, experiment.data.x_test,
+                                   experiment.data.y_test)
+    settings = progress_config(config, fingerprint)
+    progress = {"format": PROGRESS_FORMAT, "config_hash": config_hash(settings), "config": settings, "methods": {}}
+    if progress_path.exists() or progress_path.is_symlink():
+        progress["methods"] = read_progress(progress_path, config, fingerprint, experiment.spec.mode)
 
+    stage.now = "training (or loading) the original model"
     original = experiment.original()
     exports = {}
 
@@ -407,11 +590,13 @@ def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None, expo
 
     export("original", original)
     if "original" not in progress["methods"]:
+        stage.now = "evaluating the original model"
         progress["methods"]["original"] = {"metrics": experiment.evaluate(original), "seconds": 0.0}
     task = experiment.task()
-    for name in tqdm(config.methods, desc="methods", unit="method"):
+    for index, name in enumerate(tqdm(config.methods, desc="methods", unit="method")):
         if name in progress["methods"]:
             continue
+        stage.now = f"unlearning with {name} (method {index + 1} of {len(config.methods)})"
         method = get_method(name)
         start = time.perf_counter()
         unlearned = method.unlearn(copy.deepcopy(original), task)
@@ -420,9 +605,10 @@ def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None, expo
                  "diagnostics": method.diagnostics(),
                  "update_steps": experiment.weight_update_steps(original, unlearned)}
         progress["methods"][name] = entry
-        write_json_atomic(progress_path, progress)
+        write_progress(progress_path, progress)
         export(name, unlearned)
 
+    stage.now = "writing the results (every method had finished)"
     results = _summarise(config, progress["methods"], experiment)
     if export_dir is not None:
         results["exports"] = exports
@@ -432,6 +618,127 @@ def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None, expo
         write_csv(out_dir / "results.csv", results)
         write_plot(out_dir / "results.png", results)
     return results
+
+
+# ---- progress.json: the finished methods of one experiment ------------------------------------
+
+
+def progress_config(config: ExperimentConfig, fingerprint: str) -> dict:
+    """What a progress file is keyed on: the configuration without its list of methods (a run
+    that adds a method keeps the finished ones) and the data's fingerprint."""
+    values = dataclasses.asdict(config)
+    del values["methods"]
+    values["data"] = fingerprint
+    return json_safe(values)
+
+
+def progress_checksum(progress: dict) -> str:
+    """SHA-256 of a progress file's content (everything but its checksum), as JSON."""
+    content = {key: value for key, value in progress.items() if key != "checksum"}
+    return hashlib.sha256(json.dumps(json_safe(content), sort_keys=True, allow_nan=False).encode()).hexdigest()
+
+
+def write_progress(path, progress: dict) -> None:
+    write_json_atomic(path, {**progress, "checksum": progress_checksum(progress)})
+
+
+def _evaluations_of(config: ExperimentConfig) -> set[str]:
+    return {"float", DEPLOYED} if config.arithmetic == "float" else {*ARITHMETICS, DEPLOYED}
+
+
+def _is_number(value, low=-math.inf, high=math.inf) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and low <= value <= high
+
+
+def read_progress(path, config: ExperimentConfig, fingerprint: str, forget_mode: str) -> dict:
+    """The finished methods recorded in progress.json, validated: its checksum, its schema and
+    types, metrics in [0, 100] or null, times >= 0, and the configuration it was written for
+    (the same as `config` but for the methods). ValueError naming the file, what is wrong and
+    what to do otherwise."""
+    path = Path(path)
+
+    def bad(detail):
+        return ValueError(f"{path} is not a progress file of intunlearn run ({detail}); {FRESH_HINT}")
+
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"{path} cannot be read ({error.strerror or error}); {FRESH_HINT}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}: {raw[error.start:error.start + 1]!r}); "
+                         f"{FRESH_HINT}") from None
+
+    def constant(name):
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        saved = json.loads(text, parse_constant=constant)
+    except (ValueError, RecursionError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); {FRESH_HINT}") from None
+    if not isinstance(saved, dict):
+        raise bad(f"a JSON {type(saved).__name__}, not an object")
+    current = progress_config(config, fingerprint)
+    if set(saved) == {"config_hash", "methods"}:  # written before PROGRESS_FORMAT 2: keyed on every option
+        legacy = config_hash({**dataclasses.asdict(config), "data": fingerprint})
+        if not isinstance(saved["methods"], dict):
+            raise bad("'methods' is not an object")
+        if saved["config_hash"] != legacy and saved["methods"]:
+            raise ValueError(f"{path} holds the finished methods {', '.join(saved['methods'])} of a run with other "
+                             f"options or data (an earlier intunlearn's progress file does not say which); rerun "
+                             f"with the options it was written with to keep them, or use a fresh --out (or delete "
+                             f"{path.parent}) to start over")
+    else:
+        expected = {"format", "config_hash", "config", "methods", "checksum"}
+        if set(saved) != expected:
+            raise bad(f"its entries are {sorted(saved)}, expected {sorted(expected)}")
+        if saved["format"] != PROGRESS_FORMAT:
+            raise bad(f"format {saved['format']!r}, expected {PROGRESS_FORMAT}")
+        if saved["checksum"] != progress_checksum(saved):
+            raise ValueError(f"{path}: checksum mismatch: the file is damaged or was edited; {FRESH_HINT}")
+        if not isinstance(saved["config"], dict) or not isinstance(saved["methods"], dict):
+            raise bad("'config' and 'methods' must be objects")
+        if saved["config"] != current or saved["config_hash"] != config_hash(current):
+            names = sorted(set(saved["config"]) | set(current))
+            differences = "; ".join(f"{name}: {saved['config'].get(name)!r} then, {current.get(name)!r} now"
+                                    for name in names if saved["config"].get(name) != current.get(name))
+            raise ValueError(f"{path} holds the finished methods {', '.join(saved['methods']) or '(none)'} of a run "
+                             f"with another configuration ({differences or 'its key differs'}); rerun with the "
+                             f"earlier options to keep them, or use a fresh --out (or delete {path.parent}) to start "
+                             f"over")
+    methods = saved["methods"]
+    evaluations = _evaluations_of(config)
+    metric_names = set(METRICS) | ({"MIA-NN"} if forget_mode == "class" else set())
+    for name, entry in methods.items():
+        where = f"method {name!r}"
+        if not isinstance(entry, dict):
+            raise bad(f"{where} is a JSON {type(entry).__name__}, not an object")
+        allowed, required = {"metrics", "seconds", "diagnostics", "update_steps"}, {"metrics", "seconds"}
+        if not required <= set(entry) <= allowed:
+            raise bad(f"{where} has the entries {sorted(entry)}; expected metrics and seconds (and diagnostics, "
+                      f"update_steps)")
+        metrics = entry["metrics"]
+        if not isinstance(metrics, dict) or set(metrics) != evaluations:
+            found = sorted(metrics) if isinstance(metrics, dict) else type(metrics).__name__
+            raise bad(f"{where}: its metrics are for {found}, expected {sorted(evaluations)}")
+        for evaluation, values in metrics.items():
+            if not isinstance(values, dict) or set(values) != metric_names:
+                found = sorted(values) if isinstance(values, dict) else type(values).__name__
+                raise bad(f"{where}: its {evaluation} metrics are {found}, expected {sorted(metric_names)}")
+            for metric, value in values.items():  # only MIA-NN may be unmeasured (too few samples): null
+                if not (_is_number(value, 0, 100) or (value is None and metric == "MIA-NN")):
+                    raise bad(f"{where}: {evaluation} {metric} is {json.dumps(value)}; a metric is a number in "
+                              f"[0, 100]" + (" or null (not measured)" if metric == "MIA-NN" else ""))
+        if not _is_number(entry["seconds"], 0):
+            raise bad(f"{where}: seconds is {entry['seconds']!r}, expected a number >= 0")
+        steps = entry.get("update_steps")
+        if steps is not None and not _is_number(steps, 0):
+            raise bad(f"{where}: update_steps is {steps!r}, expected a number >= 0 or null")
+        if not isinstance(entry.get("diagnostics", {}), dict):
+            raise bad(f"{where}: diagnostics is not an object")
+    return _missing_as_nan(methods)
 
 
 def _evaluations(metrics: dict) -> list[str]:

@@ -30,9 +30,10 @@ from typing import NamedTuple
 
 from tqdm import tqdm
 
-from intunlearn.io import write_json_atomic
+from intunlearn.io import check_writable, write_json_atomic
 from intunlearn.unlearning import stats
-from intunlearn.unlearning.engine import DEPLOYED, PIPELINES, ExperimentConfig, run_experiment
+from intunlearn.unlearning.engine import (DEPLOYED, PIPELINES, ExperimentConfig, Interrupted, lock_output,
+                                          run_experiment)
 
 BASELINES = ("original", "retrain")
 
@@ -88,18 +89,44 @@ class StudyConfig:
 def run_study(study: StudyConfig, out_dir, cache_dir, data=None, export_dir=None) -> dict:
     """Run (or resume) every unit, then write results.json (every figure per seed and as mean
     with interval), results.csv (one row per seed x pipeline x lr x method x evaluation),
-    report.md and the plots to out_dir. Returns the results."""
-    from intunlearn.unlearning.study_report import write_plots, write_report, write_tidy_csv
+    report.md and the plots to out_dir. Returns the results.
 
+    Before any work: the configuration, the backend, and that out_dir and cache_dir can be
+    written; out_dir is locked for the study (a second run into it stops at once, naming the
+    process that holds it). Ctrl-C raises engine.Interrupted, which says where it stopped."""
     study.validate()
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"out: {out_dir} exists and is not a directory")
-    units = {}
-    for unit in tqdm(study.units(), desc="study", unit="experiment"):
-        units[unit] = run_experiment(
-            study.experiment(unit), out_dir / "units" / unit.name, cache_dir, data=data,
-            export_dir=None if export_dir is None else Path(export_dir) / unit.name, tables=False)
+    check_writable(out_dir, "out")
+    check_writable(cache_dir, "cache")
+    if export_dir is not None:
+        check_writable(export_dir, "export")
+    lock = lock_output(out_dir)
+    where = "starting"
+    try:
+        units = {}
+        plan = study.units()
+        for index, unit in enumerate(tqdm(plan, desc="study", unit="experiment")):
+            where = f"between experiments, before {index + 1} of {len(plan)} ({unit.name})"
+            try:
+                units[unit] = run_experiment(
+                    study.experiment(unit), out_dir / "units" / unit.name, cache_dir, data=data,
+                    export_dir=None if export_dir is None else Path(export_dir) / unit.name, tables=False)
+            except Interrupted as error:
+                raise Interrupted(f"experiment {index + 1} of {len(plan)} ({unit.name}): {error.where}",
+                                  out_dir) from None
+        where = "writing the study's results (every experiment had finished)"
+        return _write_results(study, units, out_dir)
+    except KeyboardInterrupt as error:
+        if isinstance(error, Interrupted):
+            raise
+        raise Interrupted(where, out_dir) from None
+    finally:
+        lock.release()
+
+
+def _write_results(study, units, out_dir) -> dict:
+    from intunlearn.unlearning.study_report import write_plots, write_report, write_tidy_csv
+
     results = summarise(study, units)
     write_json_atomic(out_dir / "results.json", results)
     write_tidy_csv(out_dir / "results.csv", results)

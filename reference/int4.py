@@ -50,5 +50,5 @@ def unpacked_weight(weight, length: int):
     int4 [OUT, ceil(length/2)] and get unpacked, int8 weights are reshaped."""
     weight = np.asarray(weight)
     if weight.dtype == np.uint8:
-        return unpack_int4(weight.reshape(weight.shape[0], -1), length)
+        return unpack_int4(weight.reshape(weight.shape[0], packed_length(length)), length)
     return weight.reshape(weight.shape[0], length)

@@ -196,3 +196,13 @@ def test_int4_layout_by_hand():
     # -8 = 0b1000 in the low nibble, 7 = 0b0111 in the high nibble; -1 = 0b1111, odd tail 0.
     np.testing.assert_array_equal(spec.pack_int4(np.array([-8, 7, -1])), [0x78, 0x0F])
     np.testing.assert_array_equal(spec.unpack_int4(np.array([0x78, 0x0F], np.uint8), 3), [-8, 7, -1])
+
+
+@given(st.integers(0, 4), st.integers(0, 9), st.integers(0, 2**32 - 1))
+def test_unpacked_weight_reads_both_stored_forms(rows, length, seed):
+    """A layer's weights stored as int8 [OUT, ...] or packed int4 come back as int8 [OUT, length],
+    empty layers included."""
+    from intunlearn.reference import pack_int4, unpacked_weight
+    values = np.random.default_rng(seed).integers(-8, 8, (rows, length)).astype(np.int8)
+    assert np.array_equal(unpacked_weight(pack_int4(values), length), values)
+    assert np.array_equal(unpacked_weight(values.reshape(rows, length, 1), length), values)

@@ -18,12 +18,12 @@ from intunlearn.deploy import (integer_state_dict, load_integer_state, load_inte
                                save_integer_state)
 from intunlearn.modules import (InputQuantizer, QuantAdd, QuantAvgPool2d, QuantConv2d, QuantLinear,  # noqa: E402
                                 sample_weights, set_arithmetic)
-from intunlearn.tflite import export_tflite, load_tflite  # noqa: E402
+from intunlearn.tflite import export_tflite, load_tflite, round_scales_to_float32  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
     "InputQuantizer", "QuantAdd", "QuantAvgPool2d", "QuantConv2d", "QuantLinear", "__version__",
     "export_tflite", "fold_batch_norm", "integer_state_dict", "load_integer_state",
     "load_integer_state_dict", "load_tflite", "ops", "qparams", "quantize", "sample_weights",
-    "save_integer_state", "set_arithmetic",
+    "round_scales_to_float32", "save_integer_state", "set_arithmetic",
 ]

@@ -19,6 +19,7 @@ import os
 import numpy as np
 import torch
 
+from intunlearn import reference as spec
 from intunlearn.kernels.cpu import elementwise as _elementwise
 from intunlearn.kernels.cpu import int_gemm as _gemm
 from intunlearn.kernels.cpu import microkernel as _microkernel
@@ -154,7 +155,9 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
     out_channels = weight2d.shape[0]
     group_channels = channels // groups
     kernel_h, kernel_w = kernel_size
-    _, _, stride_h, stride_w, _, _, dilation_h, dilation_w, out_w, positions = geometry
+    stride_h, stride_w, dilation_h, dilation_w = (geometry.stride_h, geometry.stride_w,
+                                                  geometry.dilation_h, geometry.dilation_w)
+    out_w, positions = geometry.out_w, geometry.positions
     top, bottom, left, right = padding
     taps = kernel_h * kernel_w
     length = group_channels * taps
@@ -259,7 +262,9 @@ def _run_conv_pairs(x4, weight2d, bias, *, groups, kernel_size, geometry, paddin
     out_channels = weight2d.shape[0]
     group_channels = channels // groups
     kernel_h, kernel_w = kernel_size
-    _, _, stride_h, stride_w, _, _, dilation_h, dilation_w, out_w, positions = geometry
+    stride_h, stride_w, dilation_h, dilation_w = (geometry.stride_h, geometry.stride_w,
+                                                  geometry.dilation_h, geometry.dilation_w)
+    out_w, positions = geometry.out_w, geometry.positions
     top, bottom, left, right = padding
     taps = kernel_h * kernel_w
     channels_padded = _gemm.padded(group_channels, _pairs.PAIR)
@@ -349,7 +354,7 @@ def qlinear(x, weight, bias, *, in_features, input_zero_point, output_zero_point
         row_sums = x_np.sum(axis=1, dtype=np.int64)
         row_correction = _wrap32(-_wrap32(row_sums * z_w))
         extra = _wrap32(_wrap32(in_features * _wrap32(input_zero_point)) * z_w)
-    geometry = (1, 1, 1, 1, 0, 0, 1, 1, 1, 1)
+    geometry = _gemm.LINEAR_GEOMETRY
     out = _run_conv(x_np.reshape(batch, in_features, 1, 1),
                     _weight_array(weight, weight.shape[0]), bias, groups=1,
                     kernel_size=(1, 1), geometry=geometry, padding=(0, 0, 0, 0),
@@ -385,10 +390,12 @@ def _conv_geometry(x_shape, weight_shape, stride, padding, dilation):
     _, _, height, width = x_shape
     _, _, kernel_h, kernel_w = weight_shape
     top, bottom, left, right = padding
-    out_h = (height + top + bottom - dilation[0] * (kernel_h - 1) - 1) // stride[0] + 1
-    out_w = (width + left + right - dilation[1] * (kernel_w - 1) - 1) // stride[1] + 1
-    geometry = (kernel_h, kernel_w, stride[0], stride[1], top, left, dilation[0], dilation[1],
-                out_w, out_h * out_w)
+    out_h = spec.conv2d_output_size(height, kernel_h, stride[0], top, bottom, dilation[0])
+    out_w = spec.conv2d_output_size(width, kernel_w, stride[1], left, right, dilation[1])
+    geometry = _gemm.KernelGeometry(kernel_h=kernel_h, kernel_w=kernel_w, stride_h=stride[0],
+                                    stride_w=stride[1], pad_top=top, pad_left=left,
+                                    dilation_h=dilation[0], dilation_w=dilation[1], out_w=out_w,
+                                    positions=out_h * out_w)
     return geometry, out_h, out_w
 
 
@@ -442,8 +449,7 @@ def qavg_pool2d(x, *, kernel_size, stride, padding, act_min, act_max):
 
 def _unpacked_weight(weight, out_channels, length) -> np.ndarray:
     """int weight values [OC, length] (packed int4 is unpacked; int8 is a view)."""
-    from intunlearn.backends.reference import unpacked_weight
-    return unpacked_weight(weight.detach().cpu().contiguous().reshape(out_channels, -1), length)
+    return spec.unpacked_weight(weight.detach().cpu().contiguous().numpy().reshape(out_channels, -1), length)
 
 
 def _conv_backward(grad_output, output, x, weight, *, weight_shape, groups, geometry,
@@ -457,7 +463,10 @@ def _conv_backward(grad_output, output, x, weight, *, weight_shape, groups, geom
     out_group_channels = out_channels // groups
     length = group_channels * kernel_h * kernel_w
     batch, channels = x.shape[0], x.shape[1]
-    _, _, stride_h, stride_w, top, left, dilation_h, dilation_w, out_w, positions = geometry
+    stride_h, stride_w, dilation_h, dilation_w = (geometry.stride_h, geometry.stride_w,
+                                                  geometry.dilation_h, geometry.dilation_w)
+    top, left = geometry.pad_top, geometry.pad_left
+    out_w, positions = geometry.out_w, geometry.positions
     out_h = positions // out_w
     rows = batch * positions
     # The padded image spans exactly what the taps read; input pixels outside it get no gradient.
@@ -543,7 +552,7 @@ def qlinear_backward(grad_output, output, x, weight, *, in_features, input_zero_
     gi, gw, gb = _conv_backward(
         grad_output.detach().cpu().numpy(), output.detach().cpu().numpy(), x_np, weight,
         weight_shape=(weight.shape[0], in_features, 1, 1), groups=1,
-        geometry=(1, 1, 1, 1, 0, 0, 1, 1, 1, 1), input_zero_point=input_zero_point,
+        geometry=_gemm.LINEAR_GEOMETRY, input_zero_point=input_zero_point,
         input_scale=input_scale, weight_scales=_as_tensor(weight_scales), act_min=act_min,
         act_max=act_max, sample_weights=sample_weights, needs_input_grad=needs_input_grad,
         needs_weight_grad=needs_weight_grad)

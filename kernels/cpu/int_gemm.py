@@ -35,6 +35,8 @@ Exactness (non-negotiable):
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -48,6 +50,27 @@ from .microkernel_avx2 import (GEMV_ONE_ROW_CHANNELS, PAIR_CHANNELS, PAIR_CHUNK,
                                int8_tile_avxvnni, int8_tile_avxvnni_requant, pair_tile_avx2,
                                pair_tile_avx2_requant)
 from .microkernel_dot import int8_tile_sdot, int8_tile_sdot_requant
+
+
+class KernelGeometry(NamedTuple):
+    """A convolution as the kernels walk it: kernel size, stride, the top and left padding,
+    dilation, the output width and the number of output positions. A linear layer is the 1x1
+    convolution over one position (LINEAR_GEOMETRY)."""
+
+    kernel_h: int
+    kernel_w: int
+    stride_h: int
+    stride_w: int
+    pad_top: int
+    pad_left: int
+    dilation_h: int
+    dilation_w: int
+    out_w: int
+    positions: int
+
+
+LINEAR_GEOMETRY = KernelGeometry(kernel_h=1, kernel_w=1, stride_h=1, stride_w=1, pad_top=0, pad_left=0,
+                                 dilation_h=1, dilation_w=1, out_w=1, positions=1)
 
 ISA_GENERIC = 0    # portable vector IR (vpmaddwd / vpdpwssd on x86)
 ISA_VNNI = 1       # AVX-512 VNNI vpdpbusd

@@ -145,7 +145,7 @@ def _padded_image(x4, groups, channels_padded, top, left, height_padded, width_p
                           np.uint8(pad_byte))
 
 
-def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, input_zero_point,
+def _run_conv(x4, weight2d, bias, *, groups, geometry, padding, input_zero_point,
               output_zero_point, multiplier, shift, act_min, act_max, rounding,
               row_correction=None, extra_correction=0):
     """Shared driver for qlinear (1x1 conv of 1x1 images) and qconv2d. weight2d int8
@@ -154,7 +154,7 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
     batch, channels, height, width = x4.shape
     out_channels = weight2d.shape[0]
     group_channels = channels // groups
-    kernel_h, kernel_w = kernel_size
+    kernel_h, kernel_w = geometry.kernel_h, geometry.kernel_w
     stride_h, stride_w, dilation_h, dilation_w = (geometry.stride_h, geometry.stride_w,
                                                   geometry.dilation_h, geometry.dilation_w)
     out_w, positions = geometry.out_w, geometry.positions
@@ -163,8 +163,7 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
     length = group_channels * taps
     isa = kernel_isa()
     if isa == "avx2" and row_correction is None and _pairs.pairs_exact(input_zero_point):
-        return _run_conv_pairs(x4, weight2d, bias, groups=groups, kernel_size=kernel_size,
-                               geometry=geometry, padding=padding,
+        return _run_conv_pairs(x4, weight2d, bias, groups=groups, geometry=geometry, padding=padding,
                                input_zero_point=input_zero_point,
                                output_zero_point=output_zero_point, multiplier=multiplier,
                                shift=shift, act_min=act_min, act_max=act_max, rounding=rounding,
@@ -252,7 +251,7 @@ def _run_conv(x4, weight2d, bias, *, groups, kernel_size, geometry, padding, inp
     return _to_nchw(out.reshape(batch, positions, out_channels))
 
 
-def _run_conv_pairs(x4, weight2d, bias, *, groups, kernel_size, geometry, padding,
+def _run_conv_pairs(x4, weight2d, bias, *, groups, geometry, padding,
                     input_zero_point, output_zero_point, multiplier, shift, act_min, act_max,
                     rounding, extra_correction=0):
     """_run_conv on the AVX2 path: int16 pair panels and an int16 image of x - z_x (padding
@@ -261,7 +260,7 @@ def _run_conv_pairs(x4, weight2d, bias, *, groups, kernel_size, geometry, paddin
     batch, channels, height, width = x4.shape
     out_channels = weight2d.shape[0]
     group_channels = channels // groups
-    kernel_h, kernel_w = kernel_size
+    kernel_h, kernel_w = geometry.kernel_h, geometry.kernel_w
     stride_h, stride_w, dilation_h, dilation_w = (geometry.stride_h, geometry.stride_w,
                                                   geometry.dilation_h, geometry.dilation_w)
     out_w, positions = geometry.out_w, geometry.positions
@@ -357,7 +356,7 @@ def qlinear(x, weight, bias, *, in_features, input_zero_point, output_zero_point
     geometry = _gemm.LINEAR_GEOMETRY
     out = _run_conv(x_np.reshape(batch, in_features, 1, 1),
                     _weight_array(weight, weight.shape[0]), bias, groups=1,
-                    kernel_size=(1, 1), geometry=geometry, padding=(0, 0, 0, 0),
+                    geometry=geometry, padding=(0, 0, 0, 0),
                     input_zero_point=input_zero_point, output_zero_point=output_zero_point,
                     multiplier=multiplier, shift=shift, act_min=act_min, act_max=act_max,
                     rounding=rounding, row_correction=row_correction, extra_correction=extra)
@@ -403,10 +402,10 @@ def qconv2d(x, weight, bias, *, weight_shape, stride, padding, dilation, groups,
             output_zero_point, multiplier, shift, act_min, act_max, rounding):
     """int8 NCHW grouped / depthwise convolution with fused requantization -> int8 NCHW."""
     x_np = x.detach().cpu().contiguous().numpy()
-    out_channels, group_channels, kernel_h, kernel_w = weight_shape
+    out_channels = weight_shape[0]
     geometry, out_h, out_w = _conv_geometry(x_np.shape, weight_shape, stride, padding, dilation)
     out = _run_conv(x_np, _weight_array(weight, out_channels), bias, groups=groups,
-                    kernel_size=(kernel_h, kernel_w), geometry=geometry, padding=tuple(padding),
+                    geometry=geometry, padding=tuple(padding),
                     input_zero_point=input_zero_point, output_zero_point=output_zero_point,
                     multiplier=multiplier, shift=shift, act_min=act_min, act_max=act_max,
                     rounding=rounding)
@@ -435,8 +434,8 @@ def qavg_pool2d(x, *, kernel_size, stride, padding, act_min, act_max):
     x_np = x.detach().cpu().contiguous().numpy()
     batch, channels, height, width = x_np.shape
     top, bottom, left, right = padding
-    out_h = (height + top + bottom - kernel_size[0]) // stride[0] + 1
-    out_w = (width + left + right - kernel_size[1]) // stride[1] + 1
+    out_h = spec.conv2d_output_size(height, kernel_size[0], stride[0], top, bottom, 1)
+    out_w = spec.conv2d_output_size(width, kernel_size[1], stride[1], left, right, 1)
     out = np.empty((batch, channels, out_h, out_w), np.int8)
     _elementwise.qavg_pool2d(x_np, out, kernel_size[0], kernel_size[1], stride[0], stride[1],
                              top, left, act_min, act_max)

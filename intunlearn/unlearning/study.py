@@ -34,6 +34,7 @@ from intunlearn.io import check_writable, write_json_atomic
 from intunlearn.unlearning import stats
 from intunlearn.unlearning.engine import (DEPLOYED, PIPELINES, ExperimentConfig, Interrupted, lock_output,
                                           run_experiment)
+from intunlearn.unlearning.metrics import average_gap
 
 BASELINES = ("original", "retrain")
 
@@ -153,7 +154,7 @@ def tidy_rows(units: dict[Unit, dict]) -> list[dict]:
                 reference = integer_retrain.get((unit.seed, unit.unlearn_lr))
                 gap_integer = None
                 if reference is not None and evaluation == DEPLOYED:
-                    gap_integer = sum(abs(values[m] - reference[m]) for m in ("FA", "RA", "TA", "MIA")) / 4
+                    gap_integer = average_gap(values, reference)
                 rows.append({"seed": unit.seed, "pipeline": unit.pipeline, "unlearn_lr": unit.unlearn_lr,
                              "method": row["method"], "evaluation": evaluation,
                              "as_unlearned": evaluation == unit.pipeline,

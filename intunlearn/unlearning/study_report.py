@@ -7,6 +7,7 @@ import io
 import math
 
 from intunlearn.io import write_bytes_atomic
+from intunlearn.unlearning import stats
 from intunlearn.unlearning.report import TITLES
 
 SHOWN = ("FA", "RA", "TA", "MIA", "gap")
@@ -24,12 +25,12 @@ def write_tidy_csv(path, results: dict) -> None:
 
 
 def _value(estimate, digits=1) -> str:
+    """mean ± half-width of a summarised estimate (results.json's form), "-" where missing."""
     if estimate is None or estimate["mean"] is None or estimate["mean"] != estimate["mean"]:
         return "-"
-    half = (estimate["high"] - estimate["low"]) / 2 if estimate.get("n", 0) >= 2 else math.nan
-    if half != half:
-        return f"{estimate['mean']:.{digits}f}"
-    return f"{estimate['mean']:.{digits}f} ± {half:.{digits}f}"
+    nan = float("nan")
+    return stats.Estimate(estimate["mean"], nan if estimate["low"] is None else estimate["low"],
+                          nan if estimate["high"] is None else estimate["high"], estimate["n"]).format(digits)
 
 
 def _shift(shift, digits=1) -> str:

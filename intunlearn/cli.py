@@ -90,7 +90,27 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--export", metavar="DIR", default=None,
                         help="also write the original, retrained and every unlearned model as DIR/NAME.tflite "
                              "(activation scales rounded to float32 first, as the files store them)")
+    parser.add_argument("--executor", choices=("local", "ray"), default="local",
+                        help="where the study's units run: local (in this process, one after another; the "
+                             "default) or ray (Ray tasks on this machine, or on a cluster with --ray-address; "
+                             "needs the distributed extra)")
+    parser.add_argument("--ray-address", default=None, metavar="ADDR",
+                        help="join the Ray cluster at ADDR (as `ray start --head` printed it, or auto) instead "
+                             "of starting Ray here")
+    parser.add_argument("--cpus-per-task", type=_positive_int, default=None, metavar="N",
+                        help="CPUs (and compute threads) per unit of work (default: all cores for local, 1 for "
+                             "ray); float results depend on it, so runs compare bit for bit only with the same N")
     parser.set_defaults(handler=_run_experiment)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
 
 
 PIPELINES = ("float", "fake", "integer")
@@ -169,9 +189,15 @@ def _run_experiment(args) -> int:
     from intunlearn.unlearning.study import run_study
     from intunlearn.unlearning.study_report import format_report
 
+    from intunlearn.executors import make_executor
+
     out = Path(args.out)
     cache = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
-    results = run_study(_study(args), out, cache, export_dir=args.export)
+    study = _study(args)
+    study.validate()  # before Ray starts
+    with make_executor(args.executor, cpus_per_task=args.cpus_per_task, address=args.ray_address,
+                       device=args.device) as executor:
+        results = run_study(study, out, cache, export_dir=args.export, executor=executor)
     print(format_report(results))
     print(f"\nwrote {out / 'report.md'}, {out / 'results.json'}, {out / 'results.csv'}, "
           f"{out / 'study-gap.png'}, {out / 'study-shift.png'} (each experiment: {out / 'units'})")
@@ -332,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileNotFoundError, NotImplementedError) as error:
+    except (ValueError, FileNotFoundError, NotImplementedError, ImportError) as error:
         print(f"intunlearn {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:  # Ctrl-C: one line, no traceback

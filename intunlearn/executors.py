@@ -50,6 +50,7 @@ class LocalExecutor:
     this machine's cores). The thread counts in effect before are restored afterwards."""
 
     name = "local"
+    serial = True  # tasks run one at a time, in order
 
     def __init__(self, threads: int | None = None):
         self.threads = _positive_int("threads", threads) if threads is not None else default_threads()
@@ -105,6 +106,7 @@ class RayExecutor:
     retried (it would raise again) and reaches the caller."""
 
     name = "ray"
+    serial = False
 
     def __init__(self, address: str | None = None, cpus_per_task: int = 1, gpus_per_task: float = 0,
                  num_cpus: int | None = None, max_retries: int = 3):
@@ -118,7 +120,7 @@ class RayExecutor:
         try:
             import ray
         except ImportError:
-            raise RuntimeError(RAY_HINT) from None
+            raise ImportError(RAY_HINT) from None
         self.gpus_per_task, self.max_retries = gpus_per_task, max_retries
         self._started = False
         if not ray.is_initialized():

@@ -35,6 +35,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -56,6 +57,7 @@ CACHE_VERSION = 2  # 2: a cached model carries its recipe and a checksum (files 
 CACHE_FORMAT = "intunlearn cached model"
 PROGRESS_FORMAT = 2  # 2: keyed on the configuration without its methods, with the configuration and a checksum
 LOCK_NAME = ".intunlearn.lock"
+LATER_OPTIONS = ("threads",)  # options added after progress format 1 (its files were written without them)
 FRESH_HINT = "delete it to redo this experiment, or use a fresh --out"
 TFLITE_PREFIX = "tflite:"
 
@@ -80,6 +82,7 @@ class ExperimentConfig:
     device: str = "cpu"
     backend: str = "auto"
     float32_scales: bool = False  # round activation scales to float32 as a .tflite file stores them
+    threads: int | None = None  # compute threads (set by the executor; float sums depend on it)
 
     @property
     def tflite_path(self) -> Path | None:
@@ -104,6 +107,9 @@ class ExperimentConfig:
                                  ("qat_epochs", self.qat_epochs, 0), ("batch_size", self.batch_size, 1)):
             if value < low:
                 raise ValueError(f"{name} must be >= {low}, got {value}")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be a positive int or None, got {self.threads!r}")
         if self.unlearn_epochs is not None and self.unlearn_epochs < 1:
             raise ValueError(f"unlearn_epochs must be >= 1, got {self.unlearn_epochs}")
         if self.width is not None and self.width < 1:
@@ -196,7 +202,8 @@ class Experiment:
                 "model": c.model, "width": c.width, "weight_bits": c.weight_bits, "arithmetic": c.arithmetic,
                 "pretrain_epochs": c.pretrain_epochs, "qat_epochs": c.qat_epochs, "lr": c.lr,
                 "batch_size": c.batch_size, "seed": c.seed,
-                "forget": str(self.spec) if role == "retrain" else None}
+                "forget": str(self.spec) if role == "retrain" else None,
+                "threads": torch.get_num_threads()}  # float sums are added in an order that depends on it
 
     def _fresh_float_model(self, seed):
         torch.manual_seed(seed)
@@ -532,92 +539,204 @@ def lock_output(folder) -> FileLock:
 
 
 def run_experiment(config: ExperimentConfig, out_dir, cache_dir, data=None, export_dir=None,
-                   tables: bool = True) -> dict:
+                   tables: bool = True, executor=None) -> dict:
     """Run (or resume) the experiment; writes results.json (and with tables, results.csv and
     results.png) to out_dir.
 
     export_dir: also write the original, retrained and every unlearned model computed by this
     call as <name>.tflite there (their scales rounded to float32 first: config.float32_scales).
+    executor: where the work runs (intunlearn.executors; default: in this process, one method
+    after another, with this machine's cores).
 
     Before any work: the configuration, the backend, and that out_dir, cache_dir (and export_dir)
     can be written; out_dir is locked for the run (a second run into it stops at once). Ctrl-C
     raises Interrupted, which says where the run stopped."""
-    out_dir = Path(out_dir)
-    config.validate()
-    check_writable(out_dir, "out")
+    plan = UnitPlan(config, Path(out_dir), None if export_dir is None else Path(export_dir), tables, "")
+    return run_units([plan], cache_dir, data=data, executor=executor)[0]
+
+
+class UnitPlan(NamedTuple):
+    """One experiment to run: its configuration, its output folder (progress.json, results.json),
+    where its models are exported (None: not), whether to write its tables, and how the
+    messages name it ("" for a run of one experiment)."""
+
+    config: ExperimentConfig
+    out_dir: Path
+    export_dir: Path | None
+    tables: bool
+    label: str
+
+
+class MethodTask(NamedTuple):
+    """One piece of work for an executor: evaluate the original model (method "original") or
+    unlearn it with one method and evaluate the result."""
+
+    config: ExperimentConfig
+    method: str
+    cache_dir: str
+    export: bool
+
+
+ORIGINAL = "original"
+
+
+def run_method(data, task: MethodTask) -> dict:
+    """What an executor runs: {"entry": the method's progress entry (metrics, seconds,
+    diagnostics, update_steps), "exports": {name: {"tflite": bytes, "notes": [...]}}}. Reads
+    and writes the model cache only (models are trained once, under a lock); never the output
+    folder, which the driver alone writes."""
+    experiment = Experiment(task.config, Path(task.cache_dir), data)
+    original = experiment.original()
+    if task.method == ORIGINAL:
+        model, entry = original, {"metrics": experiment.evaluate(original), "seconds": 0.0}
+    else:
+        method = get_method(task.method)
+        start = time.perf_counter()
+        model = method.unlearn(copy.deepcopy(original), experiment.task())
+        seconds = time.perf_counter() - start
+        entry = {"metrics": experiment.evaluate(model), "seconds": seconds, "diagnostics": method.diagnostics(),
+                 "update_steps": experiment.weight_update_steps(original, model)}
+    exports = {}
+    if task.export:
+        from intunlearn.tflite import export_tflite_bytes
+        flatbuffer, report = export_tflite_bytes(model, input_shape=experiment.data.input_shape)
+        exports[task.method] = {"tflite": flatbuffer, "notes": list(report.notes)}
+    return {"entry": entry, "exports": exports}
+
+
+class _Unit:
+    """The driver's state of one experiment: its plan, data, progress and lock."""
+
+    def __init__(self, plan: UnitPlan, cache_dir: Path, data, threads: int):
+        config = dataclasses.replace(plan.config, threads=threads)
+        if plan.export_dir is not None:
+            config = dataclasses.replace(config, float32_scales=True)
+        self.plan, self.config = plan, config
+        self.experiment = Experiment(config, cache_dir, data)  # loads the data; trains nothing
+        for name in config.methods:
+            get_method(name).check(self.experiment.task())
+        data = self.experiment.data
+        self.fingerprint = data_fingerprint(data.x_train, data.y_train, data.x_test, data.y_test)
+        settings = progress_config(config, self.fingerprint)
+        self.progress_path = plan.out_dir / "progress.json"
+        self.progress = {"format": PROGRESS_FORMAT, "config_hash": config_hash(settings), "config": settings,
+                         "methods": {}}
+        self.lock = None
+        self.exports = {}
+
+    def start(self) -> None:
+        """Lock the output folder, then read what an earlier run finished."""
+        self.lock = lock_output(self.plan.out_dir)
+        if self.progress_path.exists() or self.progress_path.is_symlink():
+            self.progress["methods"] = read_progress(self.progress_path, self.config, self.fingerprint,
+                                                     self.experiment.spec.mode)
+
+    def remaining(self) -> list[str]:
+        """The methods still to run ("original" first); with exports, the original is evaluated
+        again so that its file is written."""
+        names = [ORIGINAL, *self.config.methods]
+        return [name for name in names if name not in self.progress["methods"]
+                or (name == ORIGINAL and self.plan.export_dir is not None)]
+
+    def record(self, name: str, result: dict) -> None:
+        self.progress["methods"][name] = result["entry"]
+        write_progress(self.progress_path, self.progress)
+        for model_name, exported in result["exports"].items():
+            write_bytes_atomic(self.plan.export_dir / f"{model_name}.tflite", exported["tflite"])
+            self.exports[model_name] = {"path": str(self.plan.export_dir / f"{model_name}.tflite"),
+                                        "notes": exported["notes"]}
+
+    def finish(self) -> dict:
+        results = _summarise(self.config, self.progress["methods"], self.experiment)
+        if self.plan.export_dir is not None:
+            results["exports"] = self.exports
+        write_json_atomic(self.plan.out_dir / "results.json", results)
+        if self.plan.tables:
+            from intunlearn.unlearning.report import write_csv, write_plot
+            write_csv(self.plan.out_dir / "results.csv", results)
+            write_plot(self.plan.out_dir / "results.png", results)
+        return results
+
+    def release(self) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _task_order(units: list[_Unit]) -> list[tuple[int, str]]:
+    """(unit index, method) in the order the work is handed out: every experiment's original
+    first, then every retrain, then the other methods, so that parallel workers train different
+    models instead of waiting for the same one."""
+    work = [(index, name) for index, unit in enumerate(units) for name in unit.remaining()]
+    rank = {ORIGINAL: 0, "retrain": 1}
+    return sorted(work, key=lambda item: rank.get(item[1], 2))
+
+
+def run_units(plans: list[UnitPlan], cache_dir, data=None, executor=None, out=None) -> list[dict]:
+    """Run (or resume) the experiments of `plans` on `executor` (default: in this process, one
+    method after another) and return their results in order. The driver alone writes the output
+    folders: each method's entry is recorded in its experiment's progress.json as it arrives.
+
+    Before any work: every configuration, the backend, and that every output folder, cache_dir
+    and export folder can be written; the output folders are locked for the run. Ctrl-C raises
+    Interrupted, which says where the run stopped (and names `out`, default the first plan's
+    output folder, as where the finished work is kept)."""
+    from intunlearn.executors import LocalExecutor
+
+    executor = executor if executor is not None else LocalExecutor()
+    cache_dir = Path(cache_dir)
+    for plan in plans:
+        plan.config.validate()
+        check_writable(plan.out_dir, "out")
+        if plan.export_dir is not None:
+            if plan.export_dir.exists() and not plan.export_dir.is_dir():
+                raise ValueError(f"export: {plan.export_dir} exists and is not a directory")
+            from intunlearn.tflite import _schema
+            _schema()  # the deploy extra is installed: fail before anything is trained
+            check_writable(plan.export_dir, "export")
     check_writable(cache_dir, "cache")
-    if export_dir is not None:
-        export_dir = Path(export_dir)
-        if export_dir.exists() and not export_dir.is_dir():
-            raise ValueError(f"export: {export_dir} exists and is not a directory")
-        from intunlearn.tflite import _schema
-        _schema()  # the deploy extra is installed: fail before anything is trained
-        check_writable(export_dir, "export")
-        config = dataclasses.replace(config, float32_scales=True)
-    lock = lock_output(out_dir)
     stage = _Stage("loading the data")
+    units = []
     try:
-        return _run_locked(config, out_dir, cache_dir, data, export_dir, tables, stage)
+        for plan in plans:
+            units.append(_Unit(plan, cache_dir, data, executor.threads))
+        for unit in units:
+            unit.start()
+        work = _task_order(units)
+        tasks = [MethodTask(units[u].config, name, str(cache_dir), units[u].plan.export_dir is not None)
+                 for u, name in work]
+        finished = set()
+        stage.now = _where(units, work, finished, executor)
+        for index, result in executor.map_unordered(run_method, tasks, shared=data, desc="experiments' methods"):
+            unit_index, name = work[index]
+            units[unit_index].record(name, result)
+            finished.add(index)
+            stage.now = _where(units, work, finished, executor)
+        stage.now = "writing the results (every method had finished)"
+        return [unit.finish() for unit in units]
     except KeyboardInterrupt as error:
         if isinstance(error, Interrupted):
             raise
-        raise Interrupted(stage.now, out_dir) from None
+        raise Interrupted(stage.now, plans[0].out_dir if out is None else out) from None
     finally:
-        lock.release()
+        for unit in units:
+            unit.release()
 
 
-def _run_locked(config, out_dir, cache_dir, data, export_dir, tables, stage) -> dict:
-    experiment = Experiment(config, cache_dir, data)
-    for name in config.methods:
-        get_method(name).check(experiment.task())
-    progress_path = out_dir / "progress.json"
-    fingerprint = data_fingerprint(experiment.data.x_train, experiment.data.y_train, experiment.data.x_test,
-                                   experiment.data.y_test)
-    settings = progress_config(config, fingerprint)
-    progress = {"format": PROGRESS_FORMAT, "config_hash": config_hash(settings), "config": settings, "methods": {}}
-    if progress_path.exists() or progress_path.is_symlink():
-        progress["methods"] = read_progress(progress_path, config, fingerprint, experiment.spec.mode)
-
-    stage.now = "training (or loading) the original model"
-    original = experiment.original()
-    exports = {}
-
-    def export(name, model):
-        if export_dir is not None:
-            from intunlearn.tflite import export_tflite
-            report = export_tflite(model, export_dir / f"{name}.tflite", input_shape=experiment.data.input_shape)
-            exports[name] = {"path": report.path, "notes": report.notes}
-
-    export("original", original)
-    if "original" not in progress["methods"]:
-        stage.now = "evaluating the original model"
-        progress["methods"]["original"] = {"metrics": experiment.evaluate(original), "seconds": 0.0}
-    task = experiment.task()
-    for index, name in enumerate(tqdm(config.methods, desc="methods", unit="method")):
-        if name in progress["methods"]:
-            continue
-        stage.now = f"unlearning with {name} (method {index + 1} of {len(config.methods)})"
-        method = get_method(name)
-        start = time.perf_counter()
-        unlearned = method.unlearn(copy.deepcopy(original), task)
-        seconds = time.perf_counter() - start
-        entry = {"metrics": experiment.evaluate(unlearned), "seconds": seconds,
-                 "diagnostics": method.diagnostics(),
-                 "update_steps": experiment.weight_update_steps(original, unlearned)}
-        progress["methods"][name] = entry
-        write_progress(progress_path, progress)
-        export(name, unlearned)
-
-    stage.now = "writing the results (every method had finished)"
-    results = _summarise(config, progress["methods"], experiment)
-    if export_dir is not None:
-        results["exports"] = exports
-    write_json_atomic(out_dir / "results.json", results)
-    if tables:
-        from intunlearn.unlearning.report import write_csv, write_plot
-        write_csv(out_dir / "results.csv", results)
-        write_plot(out_dir / "results.png", results)
-    return results
+def _where(units, work, finished, executor) -> str:
+    """What the run is doing now, for the line Ctrl-C prints."""
+    remaining = [index for index in range(len(work)) if index not in finished]
+    if not remaining:
+        return "writing the results (every method had finished)"
+    if not getattr(executor, "serial", False):
+        return f"{len(finished)} of {len(work)} methods finished, the others running or queued"
+    unit_index, name = work[remaining[0]]  # a serial executor runs them in order
+    unit = units[unit_index]
+    prefix = f"{unit.plan.label}: " if unit.plan.label else ""
+    if name == ORIGINAL:
+        return prefix + "training (or loading) the original model"
+    methods = unit.config.methods
+    return prefix + f"unlearning with {name} (method {methods.index(name) + 1} of {len(methods)})"
 
 
 # ---- progress.json: the finished methods of one experiment ------------------------------------
@@ -682,7 +801,8 @@ def read_progress(path, config: ExperimentConfig, fingerprint: str, forget_mode:
         raise bad(f"a JSON {type(saved).__name__}, not an object")
     current = progress_config(config, fingerprint)
     if set(saved) == {"config_hash", "methods"}:  # written before PROGRESS_FORMAT 2: keyed on every option
-        legacy = config_hash({**dataclasses.asdict(config), "data": fingerprint})
+        options = {k: v for k, v in dataclasses.asdict(config).items() if k not in LATER_OPTIONS}
+        legacy = config_hash({**options, "data": fingerprint})
         if not isinstance(saved["methods"], dict):
             raise bad("'methods' is not an object")
         if saved["config_hash"] != legacy and saved["methods"]:

@@ -28,12 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from tqdm import tqdm
-
 from intunlearn.io import check_writable, write_json_atomic
 from intunlearn.unlearning import stats
-from intunlearn.unlearning.engine import (DEPLOYED, PIPELINES, ExperimentConfig, Interrupted, lock_output,
-                                          run_experiment)
+from intunlearn.unlearning.engine import (DEPLOYED, PIPELINES, ExperimentConfig, Interrupted, UnitPlan,
+                                          lock_output, run_units)
 from intunlearn.unlearning.metrics import average_gap
 
 BASELINES = ("original", "retrain")
@@ -87,10 +85,11 @@ class StudyConfig:
                                    unlearn_lr=unit.unlearn_lr)
 
 
-def run_study(study: StudyConfig, out_dir, cache_dir, data=None, export_dir=None) -> dict:
-    """Run (or resume) every unit, then write results.json (every figure per seed and as mean
-    with interval), results.csv (one row per seed x pipeline x lr x method x evaluation),
-    report.md and the plots to out_dir. Returns the results.
+def run_study(study: StudyConfig, out_dir, cache_dir, data=None, export_dir=None, executor=None) -> dict:
+    """Run (or resume) every unit on `executor` (intunlearn.executors; default: in this process,
+    one after another), then write results.json (every figure per seed and as mean with
+    interval), results.csv (one row per seed x pipeline x lr x method x evaluation), report.md
+    and the plots to out_dir. Returns the results.
 
     Before any work: the configuration, the backend, and that out_dir and cache_dir can be
     written; out_dir is locked for the study (a second run into it stops at once, naming the
@@ -102,25 +101,17 @@ def run_study(study: StudyConfig, out_dir, cache_dir, data=None, export_dir=None
     if export_dir is not None:
         check_writable(export_dir, "export")
     lock = lock_output(out_dir)
-    where = "starting"
     try:
-        units = {}
         plan = study.units()
-        for index, unit in enumerate(tqdm(plan, desc="study", unit="experiment")):
-            where = f"between experiments, before {index + 1} of {len(plan)} ({unit.name})"
-            try:
-                units[unit] = run_experiment(
-                    study.experiment(unit), out_dir / "units" / unit.name, cache_dir, data=data,
-                    export_dir=None if export_dir is None else Path(export_dir) / unit.name, tables=False)
-            except Interrupted as error:
-                raise Interrupted(f"experiment {index + 1} of {len(plan)} ({unit.name}): {error.where}",
-                                  out_dir) from None
-        where = "writing the study's results (every experiment had finished)"
-        return _write_results(study, units, out_dir)
-    except KeyboardInterrupt as error:
-        if isinstance(error, Interrupted):
-            raise
-        raise Interrupted(where, out_dir) from None
+        plans = [UnitPlan(study.experiment(unit), out_dir / "units" / unit.name,
+                          None if export_dir is None else Path(export_dir) / unit.name, False,
+                          f"experiment {index + 1} of {len(plan)} ({unit.name})")
+                 for index, unit in enumerate(plan)]
+        results = run_units(plans, cache_dir, data=data, executor=executor, out=out_dir)
+        try:
+            return _write_results(study, dict(zip(plan, results)), out_dir)
+        except KeyboardInterrupt:
+            raise Interrupted("writing the study's results (every experiment had finished)", out_dir) from None
     finally:
         lock.release()
 

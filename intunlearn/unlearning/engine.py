@@ -596,12 +596,20 @@ def run_method(data, task: MethodTask) -> dict:
         seconds = time.perf_counter() - start
         entry = {"metrics": experiment.evaluate(model), "seconds": seconds, "diagnostics": method.diagnostics(),
                  "update_steps": experiment.weight_update_steps(original, model)}
+    entry["model_sha256"] = model_sha256(model)
     exports = {}
     if task.export:
         from intunlearn.tflite import export_tflite_bytes
         flatbuffer, report = export_tflite_bytes(model, input_shape=experiment.data.input_shape)
         exports[task.method] = {"tflite": flatbuffer, "notes": list(report.notes)}
     return {"entry": entry, "exports": exports}
+
+
+def model_sha256(model) -> str:
+    """SHA-256 of the model's state (names, dtypes, shapes, bytes) as hex: two runs computed the
+    same model bit for bit exactly when these are equal."""
+    from intunlearn.deploy import state_checksum
+    return bytes(state_checksum(model.state_dict()).tolist()).hex()
 
 
 class _Unit:
@@ -835,10 +843,15 @@ def read_progress(path, config: ExperimentConfig, fingerprint: str, forget_mode:
         where = f"method {name!r}"
         if not isinstance(entry, dict):
             raise bad(f"{where} is a JSON {type(entry).__name__}, not an object")
-        allowed, required = {"metrics", "seconds", "diagnostics", "update_steps"}, {"metrics", "seconds"}
+        allowed = {"metrics", "seconds", "diagnostics", "update_steps", "model_sha256"}
+        required = {"metrics", "seconds"}
         if not required <= set(entry) <= allowed:
             raise bad(f"{where} has the entries {sorted(entry)}; expected metrics and seconds (and diagnostics, "
-                      f"update_steps)")
+                      f"update_steps, model_sha256)")
+        digest = entry.get("model_sha256")
+        if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                       and set(digest) <= set("0123456789abcdef")):
+            raise bad(f"{where}: model_sha256 is {digest!r}, expected 64 hex digits")
         metrics = entry["metrics"]
         if not isinstance(metrics, dict) or set(metrics) != evaluations:
             found = sorted(metrics) if isinstance(metrics, dict) else type(metrics).__name__
@@ -871,7 +884,8 @@ def _summarise(config, entries, experiment) -> dict:
     for name in ("original", *config.methods):
         entry = entries[name]
         row = {"method": name, "seconds": round(entry["seconds"], 2),
-               "update_steps": entry.get("update_steps", 0.0 if name == "original" else None)}
+               "update_steps": entry.get("update_steps", 0.0 if name == "original" else None),
+               "model_sha256": entry.get("model_sha256")}
         for evaluation in _evaluations(entry["metrics"]):
             metrics = dict(entry["metrics"][evaluation])
             metrics["gap"] = average_gap(metrics, retrain["metrics"][evaluation]) if retrain else None

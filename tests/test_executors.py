@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from intunlearn.executors import LocalExecutor, make_executor
-from intunlearn.unlearning.engine import MethodTask, run_method
+from intunlearn.unlearning.engine import MethodTask, data_key, run_method
 from intunlearn.unlearning.study import StudyConfig, run_study
 from tests.test_unlearning import tiny_config, tiny_dataset
 
@@ -93,7 +93,7 @@ def killed_once_then_run_method(shared, task):
     if not marker.exists():
         marker.write_text(str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
-    return run_method(shared["data"], task)
+    return run_method(shared["datasets"], task)
 
 
 def test_a_task_whose_worker_is_killed_runs_again_with_the_same_result(tmp_path):
@@ -101,9 +101,10 @@ def test_a_task_whose_worker_is_killed_runs_again_with_the_same_result(tmp_path)
 
     config = tiny_config(methods=("ft",), pretrain_epochs=2, threads=1)
     tasks = [MethodTask(config, name, str(tmp_path / "cache"), False) for name in ("original", "ft")]
-    expected = dict(LocalExecutor(threads=1).map_unordered(run_method, tasks, shared=tiny_dataset()))
+    datasets = {data_key(config): tiny_dataset()}
+    expected = dict(LocalExecutor(threads=1).map_unordered(run_method, tasks, shared=datasets))
     (tmp_path / "markers").mkdir()
-    shared = {"data": tiny_dataset(), "markers": str(tmp_path / "markers")}
+    shared = {"datasets": datasets, "markers": str(tmp_path / "markers")}
     with RayExecutor(num_cpus=2, cpus_per_task=1, max_retries=2) as executor:
         results = dict(executor.map_unordered(killed_once_then_run_method, tasks, shared=shared))
     assert sorted(p.name for p in (tmp_path / "markers").iterdir()) == ["0-ft", "0-original"]  # both were killed

@@ -580,12 +580,19 @@ class MethodTask(NamedTuple):
 ORIGINAL = "original"
 
 
-def run_method(data, task: MethodTask) -> dict:
+def data_key(config: ExperimentConfig) -> tuple:
+    """What a configuration's data set depends on (digits and .npz files are split by seed)."""
+    return config.dataset, config.data_root, config.seed
+
+
+def run_method(datasets: dict, task: MethodTask) -> dict:
     """What an executor runs: {"entry": the method's progress entry (metrics, seconds,
-    diagnostics, update_steps), "exports": {name: {"tflite": bytes, "notes": [...]}}}. Reads
-    and writes the model cache only (models are trained once, under a lock); never the output
-    folder, which the driver alone writes."""
-    experiment = Experiment(task.config, Path(task.cache_dir), data)
+    diagnostics, update_steps, model_sha256), "exports": {name: {"tflite": bytes, "notes":
+    [...]}}}. `datasets` maps data_key(config) to the data the driver loaded, so that a task
+    reads no data files (a cluster's nodes need none). Reads and writes the model cache only
+    (models are trained once, under a lock); never the output folder, which the driver alone
+    writes."""
+    experiment = Experiment(task.config, Path(task.cache_dir), datasets[data_key(task.config)])
     original = experiment.original()
     if task.method == ORIGINAL:
         model, entry = original, {"metrics": experiment.evaluate(original), "seconds": 0.0}
@@ -706,8 +713,10 @@ def run_units(plans: list[UnitPlan], cache_dir, data=None, executor=None, out=No
     stage = _Stage("loading the data")
     units = []
     try:
+        datasets = {}  # each data set once, shipped to the tasks
         for plan in plans:
             units.append(_Unit(plan, cache_dir, data, executor.threads))
+            datasets[data_key(plan.config)] = units[-1].experiment.data
         for unit in units:
             unit.start()
         work = _task_order(units)
@@ -715,7 +724,8 @@ def run_units(plans: list[UnitPlan], cache_dir, data=None, executor=None, out=No
                  for u, name in work]
         finished = set()
         stage.now = _where(units, work, finished, executor)
-        for index, result in executor.map_unordered(run_method, tasks, shared=data, desc="experiments' methods"):
+        for index, result in executor.map_unordered(run_method, tasks, shared=datasets,
+                                                      desc="study: experiments x methods"):
             unit_index, name = work[index]
             units[unit_index].record(name, result)
             finished.add(index)
@@ -848,9 +858,8 @@ def read_progress(path, config: ExperimentConfig, fingerprint: str, forget_mode:
         if not required <= set(entry) <= allowed:
             raise bad(f"{where} has the entries {sorted(entry)}; expected metrics and seconds (and diagnostics, "
                       f"update_steps, model_sha256)")
-        digest = entry.get("model_sha256")
-        if digest is not None and not (isinstance(digest, str) and len(digest) == 64
-                                       and set(digest) <= set("0123456789abcdef")):
+        digest = entry.get("model_sha256", "0" * 64)  # absent in files from before it was recorded
+        if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")):
             raise bad(f"{where}: model_sha256 is {digest!r}, expected 64 hex digits")
         metrics = entry["metrics"]
         if not isinstance(metrics, dict) or set(metrics) != evaluations:

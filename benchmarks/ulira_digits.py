@@ -27,6 +27,13 @@ def loadavg() -> list[float]:
     return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
 
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -49,7 +56,7 @@ def main(argv=None) -> int:
     wall = time.perf_counter() - start
     run = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]), "wall_seconds": round(wall, 1),
            "loadavg_before": before, "loadavg_after": loadavg(), "executor": executor.name,
-           "cpus": args.cpus, "machine": {"platform": platform.platform(), "processor": platform.processor(),
+           "cpus": args.cpus, "machine": {"platform": platform.platform(), "cpu_model": cpu_model(),
                                           "cores": os.cpu_count()},
            "rows": len(results["rows"])}
     Path(args.out, "run.json").write_text(json.dumps(run, indent=2) + "\n")

@@ -56,6 +56,33 @@ def test_plan_halves_pool_and_forget_sets():
     assert not np.array_equal(other.members, plan.members)
 
 
+def test_shadow_models_train_on_their_half_and_the_reference_never_sees_the_pool(tmp_path, monkeypatch):
+    """O_k on D_k, the method "retrain" and R_k on D_k minus the pool, with different seeds;
+    captured where the recipe is run, compared with the plan by the images themselves."""
+    from intunlearn.unlearning import engine
+
+    data = tiny_dataset()
+    plan = plan_shadows(len(data.y_train), 6, 40, seed=1)
+    index = {row.numpy().tobytes(): i for i, row in enumerate(data.x_train)}
+    calls = []
+    run_recipe = engine.Experiment._run_recipe
+
+    def recording(self, x, y, seed, role):
+        calls.append((role, seed, {index[row.numpy().tobytes()] for row in x}))
+        return run_recipe(self, x, y, seed, role)
+
+    monkeypatch.setattr(engine.Experiment, "_run_recipe", recording)
+    shared = ulira.ShadowInputs(tiny_config(methods=("retrain",)), data, plan, str(tmp_path / "cache"))
+    result = ulira.shadow_task(shared, ulira.ShadowTask(4, "integer"))
+    held = set(np.flatnonzero(plan.members[4]).tolist())
+    outside_pool = held - set(plan.pool.tolist())
+    assert [(role, seed) for role, seed, _ in calls] == [("original", 9), ("retrain", 9), ("retrain", 10)]  # seed + 2k, seed + 2k + 1
+    assert [rows for _, _, rows in calls] == [held, outside_pool, outside_pool]
+    assert result["in_forget"] == [bool(i in held) for i in plan.pool]
+    # an independent retrain: the method's model is not the reference
+    assert result["phi"]["retrain"]["as_unlearned"] != result["phi"]["reference"]["as_unlearned"]
+
+
 @pytest.mark.parametrize("shadows, pool, match", [(4, 10, "shadows must be >= 5"), (6, 300, "pool_size"),
                                                   (6, 0, "pool_size"), (6.0, 10, "shadows must be an int")])
 def test_plan_refuses_bad_counts(shadows, pool, match):

@@ -127,7 +127,15 @@ def plan_shadows(train_size: int, shadows: int, pool_size: int, seed: int) -> Sh
     # each example's rank among the shadows (a random permutation per example): the shadows
     # ranked below K/2 hold it, i.e. exactly ceil(K/2) of them
     ranks = rng.random((shadows, train_size)).argsort(axis=0).argsort(axis=0)
-    return ShadowPlan(pool=pool, members=ranks < shadows / 2, seed=seed)
+    plan = ShadowPlan(pool=pool, members=ranks < shadows / 2, seed=seed)
+    forget_sizes = plan.pool_in_forget().sum(axis=1)
+    retain_sizes = plan.members.sum(axis=1) - forget_sizes
+    for k in range(shadows):
+        if forget_sizes[k] == 0 or retain_sizes[k] == 0:
+            raise ValueError(f"pool_size {pool_size}: shadow {k} would unlearn {forget_sizes[k]} and keep "
+                             f"{retain_sizes[k]} examples; both must be non-empty (use a larger pool, or a smaller "
+                             f"one than the training set)")
+    return plan
 
 
 def check_counts(train_size: int, shadows, pool_size) -> None:
@@ -484,6 +492,8 @@ def read_shadow(path: Path, settings: UliraSettings, plan: ShadowPlan, pipeline:
     if saved["checksum"] != _checksum({key: value for key, value in saved.items() if key != "checksum"}):
         raise bad("checksum mismatch: the file is damaged or was edited")
     current = json_safe(dataclasses.asdict(settings))
+    if not isinstance(saved["settings"], dict):
+        raise bad("its settings are not an object")
     if saved["key"] != settings.key() or saved["settings"] != current:
         differences = "; ".join(f"{name}: {saved['settings'].get(name)!r} then, {current[name]!r} now"
                                 for name in current if saved["settings"].get(name) != current[name])

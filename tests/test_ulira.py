@@ -76,7 +76,8 @@ def test_shadow_models_train_on_their_half_and_the_reference_never_sees_the_pool
     result = ulira.shadow_task(shared, ulira.ShadowTask(4, "integer"))
     held = set(np.flatnonzero(plan.members[4]).tolist())
     outside_pool = held - set(plan.pool.tolist())
-    assert [(role, seed) for role, seed, _ in calls] == [("original", 9), ("retrain", 9), ("retrain", 10)]  # seed + 2k, seed + 2k + 1
+    # seeds: seed + 2k for O_k and the task, seed + 2k + 1 for R_k
+    assert [(role, seed) for role, seed, _ in calls] == [("original", 9), ("retrain", 9), ("retrain", 10)]
     assert [rows for _, _, rows in calls] == [held, outside_pool, outside_pool]
     assert result["in_forget"] == [bool(i in held) for i in plan.pool]
     # an independent retrain: the method's model is not the reference
@@ -217,6 +218,27 @@ def test_resume_skips_finished_shadows_and_gives_identical_results(local_results
     monkeypatch.setattr(ulira, "shadow_task", counting)
     resumed = tiny_run(folder, "resumed", LocalExecutor(threads=1), cache=folder / "cache-fresh")
     assert ran == [ulira.ShadowTask(2, "integer")]
+    assert comparable(resumed) == comparable(results)
+
+
+def test_ctrl_c_keeps_finished_shadows_and_the_same_call_resumes(local_results, monkeypatch):
+    from intunlearn.unlearning.engine import Interrupted
+
+    folder, results = local_results
+    original_task, calls = ulira.shadow_task, []
+
+    def interrupted_third(shared, task):
+        calls.append(task)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original_task(shared, task)
+
+    monkeypatch.setattr(ulira, "shadow_task", interrupted_third)
+    with pytest.raises(Interrupted, match="2 of 6 shadow tasks finished"):
+        tiny_run(folder, "interrupted", LocalExecutor(threads=1), cache=folder / "cache-local")
+    assert len(list((folder / "interrupted" / "shadows" / "integer").glob("*.json"))) == 2
+    monkeypatch.setattr(ulira, "shadow_task", original_task)
+    resumed = tiny_run(folder, "interrupted", LocalExecutor(threads=1), cache=folder / "cache-local")
     assert comparable(resumed) == comparable(results)
 
 

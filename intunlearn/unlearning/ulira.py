@@ -58,6 +58,7 @@ import hashlib
 import json
 import math
 import platform
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,8 +71,8 @@ from sklearn.metrics import roc_auc_score, roc_curve
 import intunlearn
 from intunlearn.io import check_writable, json_safe, write_bytes_atomic, write_json_atomic
 from intunlearn.unlearning import stats
-from intunlearn.unlearning.engine import (PIPELINES, Experiment, ExperimentConfig, _is_quantized, data_fingerprint,
-                                          lock_output)
+from intunlearn.unlearning.engine import (PIPELINES, Experiment, ExperimentConfig, Interrupted, _is_quantized,
+                                          data_fingerprint, lock_output)
 from intunlearn.unlearning.forget import parse_forget
 from intunlearn.unlearning.methods import get_method
 
@@ -415,8 +416,9 @@ def run_ulira(config: ExperimentConfig, out_dir, cache_dir, *, pipelines: Sequen
                              pool_size=pool_size, seed=seed, threads=executor.threads,
                              data=data_fingerprint(data.x_train, data.y_train, data.x_test, data.y_test))
     lock = lock_output(out_dir)
+    finished = {}
+    total = shadows * len(pipelines)
     try:
-        finished = {}
         tasks = []
         for pipeline in pipelines:
             for k in range(shadows):
@@ -425,7 +427,11 @@ def run_ulira(config: ExperimentConfig, out_dir, cache_dir, *, pipelines: Sequen
                     finished[(pipeline, k)] = read_shadow(path, settings, plan, pipeline, k)
                 else:
                     tasks.append(ShadowTask(k, pipeline))
-        shared = ShadowInputs(config, data, plan, str(cache_dir))
+        if finished:
+            print(f"resuming: {len(finished)} of {total} shadow tasks had finished in {out_dir / 'shadows'}",
+                  file=sys.stderr)
+        # an absolute cache path: a Ray worker may run in another directory
+        shared = ShadowInputs(config, data, plan, str(Path(cache_dir).resolve()))
         for index, result in executor.map_unordered(shadow_task, tasks, shared=shared, desc="U-LiRA shadows"):
             task = tasks[index]
             write_shadow(shadow_path(out_dir, task.pipeline, task.shadow), settings, result)
@@ -434,6 +440,11 @@ def run_ulira(config: ExperimentConfig, out_dir, cache_dir, *, pipelines: Sequen
         write_json_atomic(out_dir / "ulira.json", results)
         write_bytes_atomic(out_dir / "ulira.md", report_markdown(results).encode())
         return results
+    except KeyboardInterrupt as error:
+        if isinstance(error, Interrupted):
+            raise
+        raise Interrupted(f"U-LiRA, with {len(finished)} of {total} shadow tasks finished (they are kept)",
+                          out_dir) from None
     finally:
         lock.release()
 
@@ -474,7 +485,7 @@ def write_shadow(path: Path, settings: UliraSettings, result: dict) -> None:
 def read_shadow(path: Path, settings: UliraSettings, plan: ShadowPlan, pipeline: str, k: int) -> dict:
     """A finished shadow's data, validated: format, checksum, the run it belongs to, its shape;
     ValueError naming the file otherwise."""
-    hint = f"delete it to compute this shadow again, or use a fresh out folder"
+    hint = "delete it to compute this shadow again, or use a fresh out folder"
 
     def bad(detail):
         return ValueError(f"{path}: {detail}; {hint}")

@@ -169,7 +169,11 @@ def config_hash(values: dict) -> str:
 class Experiment:
     """One configuration's data, recipe and cache."""
 
-    def __init__(self, config: ExperimentConfig, cache_dir: Path, data=None):
+    def __init__(self, config: ExperimentConfig, cache_dir: Path, data=None, split=None):
+        """split: None (the training set and the configuration's forget set), or a pair of bool
+        masks (train, forget) over data's training samples: the model trains on `train` and
+        unlearns `train & forget` (U-LiRA's shadow models; the configuration's forget spec must
+        then be a random one and is not used)."""
         self.config = config.validate()
         self.cache_dir = Path(cache_dir)
         self.device = torch.device(config.device)
@@ -180,10 +184,14 @@ class Experiment:
         check_labels(data)
         self.data = data
         self.spec = parse_forget(config.forget, data.num_classes)
-        mask = forget_mask(self.spec, data.y_train, config.seed)
+        if split is None:
+            mask = forget_mask(self.spec, data.y_train, config.seed)
+            retained = ~mask
+        else:
+            mask, retained = _split_masks(split, len(data.y_train), self.spec)
         to = lambda t: t.to(self.device)  # noqa: E731
         self.x_forget, self.y_forget = to(data.x_train[mask]), to(data.y_train[mask])
-        self.x_retain, self.y_retain = to(data.x_train[~mask]), to(data.y_train[~mask])
+        self.x_retain, self.y_retain = to(data.x_train[retained]), to(data.y_train[retained])
         # Class-wise forgetting: TA covers the remaining classes; the forgotten classes' test
         # samples (never seen by any model) are what MIA-NN compares the forget set with.
         forgotten = torch.isin(data.y_test, torch.tensor(self.spec.classes, dtype=data.y_test.dtype))
@@ -445,6 +453,25 @@ class Experiment:
             unseen = predict_probabilities(model, self.x_unseen).cpu()
             metrics["MIA-NN"] = mia_nn(probabilities["forget"], unseen, self.spec.classes, self.config.seed)
         return metrics
+
+
+def _split_masks(split, samples: int, spec) -> tuple[torch.Tensor, torch.Tensor]:
+    """(forget, retain) masks from an explicit (train, forget) split; ValueError if it is not
+    two bool masks over the training samples, or leaves the forget or retain set empty."""
+    if spec.mode != "random":
+        raise ValueError(f"an explicit split forgets individual samples: the forget spec must be random, got {spec}")
+    if not (isinstance(split, (tuple, list)) and len(split) == 2):
+        raise ValueError("split must be a pair of bool masks (train, forget)")
+    train, forget = split
+    for name, mask in (("train", train), ("forget", forget)):
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool or mask.shape != (samples,):
+            raise ValueError(f"split: the {name} mask must be a bool tensor of shape ({samples},), got "
+                             f"{getattr(mask, 'dtype', type(mask).__name__)} {tuple(getattr(mask, 'shape', ()))}")
+    forget, retain = train & forget, train & ~forget
+    if not bool(forget.any()) or not bool(retain.any()):
+        raise ValueError(f"split: the forget set ({int(forget.sum())} samples) and the retain set "
+                         f"({int(retain.sum())}) must both be non-empty")
+    return forget, retain
 
 
 def _is_quantized(model) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from intunlearn.backends import BACKENDS
@@ -100,6 +101,14 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--cpus-per-task", type=_positive_int, default=None, metavar="N",
                         help="CPUs (and compute threads) per unit of work (default: all cores for local, 1 for "
                              "ray); float results depend on it, so runs compare bit for bit only with the same N")
+    parser.add_argument("--mia", choices=("efficacy", "ulira"), default="efficacy",
+                        help="efficacy: the population attack every experiment reports (MIA-Efficacy); ulira: "
+                             "also the per-example attack U-LiRA with --shadows shadow models per pipeline, "
+                             "written to OUT/ulira (random forgetting only)")
+    parser.add_argument("--shadows", type=_positive_int, default=16, metavar="K",
+                        help="U-LiRA's shadow models per pipeline (default: %(default)s; at least 5)")
+    parser.add_argument("--ulira-pool", type=_positive_int, default=200, metavar="N",
+                        help="U-LiRA's target pool: N training examples the shadows unlearn (default: %(default)s)")
     parser.set_defaults(handler=_run_experiment)
 
 
@@ -195,15 +204,35 @@ def _run_experiment(args) -> int:
     cache = Path(args.cache_dir) if args.cache_dir else out.parent / "cache"
     study = _study(args)
     study.validate()  # before Ray starts
+    ulira = _ulira_check(args, study) if args.mia == "ulira" else None
     with make_executor(args.executor, cpus_per_task=args.cpus_per_task, address=args.ray_address,
                        device=args.device) as executor:
         results = run_study(study, out, cache, export_dir=args.export, executor=executor)
-    print(format_report(results))
-    print(f"\nwrote {out / 'report.md'}, {out / 'results.json'}, {out / 'results.csv'}, "
-          f"{out / 'study-gap.png'}, {out / 'study-shift.png'} (each experiment: {out / 'units'})")
+        print(format_report(results))
+        print(f"\nwrote {out / 'report.md'}, {out / 'results.json'}, {out / 'results.csv'}, "
+              f"{out / 'study-gap.png'}, {out / 'study-shift.png'} (each experiment: {out / 'units'})")
+        if ulira is not None:
+            from intunlearn.unlearning.ulira import report_markdown, run_ulira
+
+            base = dataclasses.replace(study.base, seed=study.seeds[0])
+            attack = run_ulira(base, out / "ulira", cache, pipelines=study.pipelines, shadows=args.shadows,
+                               pool_size=args.ulira_pool, seed=study.seeds[0], executor=executor, data=ulira)
+            print("\n" + report_markdown(attack))
+            print(f"wrote {out / 'ulira' / 'ulira.md'}, {out / 'ulira' / 'ulira.json'}")
     if args.export:
         print(f"exported every model as .tflite under {args.export}/<experiment>/")
     return 0
+
+
+def _ulira_check(args, study):
+    """U-LiRA's options checked before the study trains anything; returns its data set."""
+    from intunlearn.data import load_dataset
+    from intunlearn.unlearning.ulira import check_inputs, plan_shadows
+
+    check_inputs(study.base, study.pipelines)
+    data = load_dataset(study.base.dataset, root=study.base.data_root, seed=study.seeds[0])
+    plan_shadows(len(data.y_train), args.shadows, args.ulira_pool, study.seeds[0])
+    return data
 
 
 def _add_export(subparsers) -> None:

@@ -145,3 +145,43 @@ def test_the_cli_writes_the_study(tmp_path, capsys):
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["study"]["seeds"] == [0, 1] and results["study"]["unlearn_lrs"] == [0.01, 0.001]
     assert len({(r["seed"], r["pipeline"], r["unlearn_lr"]) for r in results["rows"]}) == 2 * 2 * 2
+
+
+def _blobs_npz(path):
+    import numpy as np
+
+    from test_unlearning import blobs
+
+    x, y = blobs(2)
+    x_test, y_test = blobs(3, per_class=10)
+    np.savez(path, x=(x.numpy() * 255).astype(np.uint8), y=y.numpy(),
+             x_test=(x_test.numpy() * 255).astype(np.uint8), y_test=y_test.numpy())
+    return path
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--forget", "class:1"], "U-LiRA forgets individual examples"),
+    (["--shadows", "4"], "shadows must be >= 5"),
+    (["--ulira-pool", "100000"], "pool_size must be in"),
+])
+def test_bad_ulira_options_are_refused_before_the_study_trains(tmp_path, capsys, monkeypatch, extra, message):
+    from intunlearn.unlearning import study as study_module
+
+    monkeypatch.setattr(study_module, "run_units", lambda *a, **k: pytest.fail("the study started"))
+    path = _blobs_npz(tmp_path / "blobs.npz")
+    assert main(["run", "--dataset", f"npz:{path}", "--model", "mlp", "--methods", "retrain,ft", "--mia", "ulira",
+                 "--out", str(tmp_path / "out"), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_cli_runs_ulira_after_the_study(tmp_path, capsys):
+    path = _blobs_npz(tmp_path / "blobs.npz")
+    assert main(["run", "--dataset", f"npz:{path}", "--model", "mlp", "--width", "8", "--methods", "retrain,ft",
+                 "--epochs", "2", "--qat-epochs", "1", "--unlearn-epochs", "1", "--seeds", "1",
+                 "--pipelines", "integer", "--mia", "ulira", "--shadows", "5", "--ulira-pool", "30",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert "| ft | integer | deployed |" in capsys.readouterr().out
+    results = json.loads((tmp_path / "out" / "ulira" / "ulira.json").read_text())
+    assert results["settings"]["shadows"] == 5 and results["settings"]["pool_size"] == 30
+    assert {(r["method"], r["pipeline"]) for r in results["rows"]} == {
+        (m, "integer") for m in ("original", "retrain", "ft")}

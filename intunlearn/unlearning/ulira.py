@@ -403,7 +403,7 @@ def run_ulira(config: ExperimentConfig, out_dir, cache_dir, *, pipelines: Sequen
     methods = tuple(config.methods if methods is None else methods)
     pipelines = tuple(pipelines)
     config = dataclasses.replace(config, methods=methods)
-    _check_inputs(config, pipelines)
+    check_inputs(config, pipelines)
     if data is None:
         from intunlearn.data import load_dataset
         data = load_dataset(config.dataset, root=config.data_root, seed=config.seed)
@@ -449,7 +449,7 @@ def run_ulira(config: ExperimentConfig, out_dir, cache_dir, *, pipelines: Sequen
         lock.release()
 
 
-def _check_inputs(config: ExperimentConfig, pipelines: tuple[str, ...]) -> None:
+def check_inputs(config: ExperimentConfig, pipelines: tuple[str, ...]) -> None:
     config.validate()
     if not pipelines or len(set(pipelines)) != len(pipelines) or not set(pipelines) <= set(PIPELINES):
         raise ValueError(f"pipelines must be distinct names from {PIPELINES}, at least one, got {pipelines}")

@@ -288,3 +288,21 @@ def test_ray_gives_the_local_executors_results(local_results, ray_executor, tmp_
     # same threads per task (1): identical float sums, hence identical models and scores
     _, results = local_results
     assert comparable(tiny_run(tmp_path, "ray", ray_executor)) == comparable(results)
+
+
+def test_experiment_takes_an_explicit_split_and_checks_it(tmp_path):
+    from intunlearn.unlearning.engine import Experiment
+
+    data = tiny_dataset()
+    n = len(data.y_train)
+    train = torch.arange(n) % 2 == 0
+    forget = torch.arange(n) % 3 == 0
+    experiment = Experiment(tiny_config(), tmp_path, data, split=(train, forget))
+    assert torch.equal(experiment.x_forget, data.x_train[train & forget])
+    assert torch.equal(experiment.x_retain, data.x_train[train & ~forget])
+    with pytest.raises(ValueError, match="the train mask must be a bool tensor"):
+        Experiment(tiny_config(), tmp_path, data, split=(train.long(), forget))
+    with pytest.raises(ValueError, match="must both be non-empty"):
+        Experiment(tiny_config(), tmp_path, data, split=(train, torch.zeros(n, dtype=torch.bool)))
+    with pytest.raises(ValueError, match="forget spec must be random"):
+        Experiment(tiny_config(forget="class:2"), tmp_path, data, split=(train, forget))

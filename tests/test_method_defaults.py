@@ -78,7 +78,7 @@ class StepRecorder:
 
 @pytest.mark.parametrize("forget_size", [20, 90])
 def test_gradient_ascent_takes_its_step_budget_whatever_the_forget_set_size(forget_size, monkeypatch):
-    """The stated rule: ga runs 15 optimizer steps at 0.1 x the recipe's lr, for any forget set."""
+    """The stated rule: ga runs 15 optimizer steps at 0.01 x the recipe's lr, for any forget set."""
     data, _, _ = problem()
     x, y = data.x_train, data.y_train
     recorder = StepRecorder(monkeypatch)
@@ -89,7 +89,7 @@ def test_gradient_ascent_takes_its_step_budget_whatever_the_forget_set_size(forg
     monkeypatch.setattr(base, "GUARD_MARGIN", 100.0)
     method.unlearn(original(), task)
     assert recorder.steps == 15  # 20 samples / 8 = 3 batches an epoch; 90 samples: 12
-    assert recorder.lrs == [pytest.approx(0.1 * 0.02)]
+    assert recorder.lrs == [pytest.approx(0.01 * 0.02)]
     assert method.diagnostics()["budget"] == {"steps": 15}
 
 
@@ -119,7 +119,7 @@ def test_overrides_are_passes_and_an_absolute_learning_rate(monkeypatch):
 def test_default_learning_rates_are_the_stated_fractions_of_the_recipe_lr():
     task = random_task(recipe_lr=0.1)
     expected = {"ft": 0.02, "rl": 0.02, "sl": 0.02, "qmul": 0.02, "qmul-relabel": 0.02, "qmul-seq": 0.02,
-                "salun": 0.02, "l1sparse": 0.02, "amun": 0.02, "trw": 0.02, "ga": 0.01, "bs": 0.004}
+                "salun": 0.02, "l1sparse": 0.02, "amun": 0.02, "trw": 0.02, "ga": 0.001, "bs": 0.004}
     for name, lr in expected.items():
         assert get_method(name).lr(task) == pytest.approx(lr), name
     # the engine hands the recipe's lr to the task

@@ -13,8 +13,8 @@ Defaults that scale with the data and the recipe (issue 15):
   four times as far. 15 steps is what 5 epochs were on digits.
 - Learning rate. A fraction of the recipe's learning rate (ExperimentConfig.lr, the float
   pre-training's; quantization-aware training runs at 0.1 x lr): 0.2 x lr for the fine-tuning
-  methods, less for the forget-only ones (their factors are in their classes). With the default
-  lr 0.05 these are the absolute rates of before (0.01, ga 0.005, bs 0.002).
+  methods, less for the forget-only ones (gradient ascent 0.01 x lr, boundary shrink 0.04 x lr;
+  why, in their classes). With the default lr 0.05: 0.01, ga 0.0005 (0.005 before), bs 0.002.
 - Overrides. UnlearnTask.epochs (--unlearn-epochs) replaces any budget by that many passes over
   the method's training set; UnlearnTask.lr (--unlearn-lr) is an absolute learning rate.
 

@@ -62,6 +62,7 @@ def _add_model_options(parser, defaults) -> None:
 def _add_run(subparsers) -> None:
     from intunlearn.unlearning.engine import ExperimentConfig
     from intunlearn.unlearning.methods import METHODS
+    from intunlearn.unlearning.methods.base import TUNE_FACTORS
 
     defaults = ExperimentConfig()
     parser = subparsers.add_parser(
@@ -85,6 +86,11 @@ def _add_run(subparsers) -> None:
                         help="override every method's default learning rate; a comma-separated list sweeps it")
     parser.add_argument("--methods", default=",".join(defaults.methods),
                         help=f"comma-separated, from: {', '.join(METHODS)}")
+    parser.add_argument("--tune", nargs="?", type=_tune_factors, const=TUNE_FACTORS, default=(), metavar="F,F,...",
+                        help="search each method's learning rate over these multiples of its default (default "
+                             "1/3,1,3) and keep the candidate with the lowest forget accuracy among those within 5 "
+                             "points of the original's accuracy on a held-out 5%% of the retain set; never looks "
+                             "at the test set (README: Method defaults). Excludes --unlearn-lr")
     parser.add_argument("--out", default="runs/latest", help="output folder (default: %(default)s)")
     parser.add_argument("--cache-dir", default=None,
                         help="where trained original/retrained models are cached (default: OUT/../cache)")
@@ -164,6 +170,17 @@ def _learning_rates(text: str) -> tuple[float, ...]:
     return rates
 
 
+def _tune_factors(text: str) -> tuple[float, ...]:
+    try:
+        factors = tuple(float(part) for part in _comma_list(text))
+    except ValueError:
+        factors = ()
+    if len(factors) < 2 or len(set(factors)) != len(factors) or not all(0 < f < float("inf") for f in factors):
+        raise argparse.ArgumentTypeError(f"must be at least two distinct finite numbers > 0, comma-separated "
+                                         f"(multiples of each method's default learning rate), got {text!r}")
+    return factors
+
+
 def _config(args, methods=None, arithmetic="integer", seed=0, unlearn_lr=None):
     from intunlearn.unlearning.engine import ExperimentConfig
 
@@ -174,7 +191,7 @@ def _config(args, methods=None, arithmetic="integer", seed=0, unlearn_lr=None):
         weight_bits=args.weight_bits, arithmetic=arithmetic, forget=args.forget, methods=methods,
         pretrain_epochs=args.epochs, qat_epochs=args.qat_epochs, lr=args.lr, unlearn_epochs=args.unlearn_epochs,
         unlearn_lr=unlearn_lr, batch_size=args.batch_size, seed=seed, device=args.device,
-        backend=args.backend)
+        backend=args.backend, tune=getattr(args, "tune", ()))
 
 
 def _study(args):

@@ -45,7 +45,7 @@ def test_the_methods_are_registered():
     assert set(NEW_METHODS) <= set(METHODS)
     for name in NEW_METHODS:
         method = get_method(name)
-        assert method.name == name and method.summary and method.default_epochs > 0 and method.default_lr > 0
+        assert method.name == name and method.summary and method.default_budget and method.default_lr_factor > 0
         assert "class" in method.forget_modes
 
 

@@ -46,6 +46,7 @@ from intunlearn.io import (FileLock, LockHeld, check_writable, json_safe, remove
 from intunlearn.models import build_model
 from intunlearn.unlearning.forget import forget_mask, parse_forget
 from intunlearn.unlearning.methods import UnlearnTask, get_method
+from intunlearn.unlearning.methods.base import check_tune_factors
 from intunlearn.unlearning.metrics import METRICS, average_gap, evaluate, mia_nn
 from intunlearn.unlearning.training import TrainConfig, predict_probabilities, train
 
@@ -57,9 +58,15 @@ CACHE_VERSION = 2  # 2: a cached model carries its recipe and a checksum (files 
 CACHE_FORMAT = "intunlearn cached model"
 PROGRESS_FORMAT = 2  # 2: keyed on the configuration without its methods, with the configuration and a checksum
 LOCK_NAME = ".intunlearn.lock"
-LATER_OPTIONS = ("threads",)  # options added after progress format 1 (its files were written without them)
+# options added after progress format 1 (its files were written without them)
+LATER_OPTIONS = ("threads", "tune", "method_defaults")
 FRESH_HINT = "delete it to redo this experiment, or use a fresh --out"
 TFLITE_PREFIX = "tflite:"
+# The methods' default budgets and learning rates (methods.base); a progress file records the
+# version it was written with, so results of earlier defaults are not mixed with these.
+# 2: budgets in steps for the forget-only methods, learning rates relative to the recipe's lr,
+# the divergence guard (1, implicit in files without the field: 5 epochs and absolute rates).
+METHOD_DEFAULTS = 2
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,8 @@ class ExperimentConfig:
     backend: str = "auto"
     float32_scales: bool = False  # round activation scales to float32 as a .tflite file stores them
     threads: int | None = None  # compute threads (set by the executor; float sums depend on it)
+    tune: tuple[float, ...] = ()  # learning-rate search: factors of each method's default lr (empty: off)
+    method_defaults: int = METHOD_DEFAULTS  # the version of the methods' defaults (recorded, not a choice)
 
     @property
     def tflite_path(self) -> Path | None:
@@ -110,6 +119,14 @@ class ExperimentConfig:
         if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
                                          or self.threads < 1):
             raise ValueError(f"threads must be a positive int or None, got {self.threads!r}")
+        if self.tune:
+            check_tune_factors(self.tune)
+            if self.unlearn_lr is not None:
+                raise ValueError("tune searches each method's learning rate: give tune (--tune) or unlearn_lr "
+                                 "(--unlearn-lr), not both")
+        if self.method_defaults != METHOD_DEFAULTS:
+            raise ValueError(f"method_defaults records the version of the methods' defaults; this intunlearn has "
+                             f"{METHOD_DEFAULTS}, got {self.method_defaults!r}")
         if self.unlearn_epochs is not None and self.unlearn_epochs < 1:
             raise ValueError(f"unlearn_epochs must be >= 1, got {self.unlearn_epochs}")
         if self.width is not None and self.width < 1:
@@ -388,7 +405,8 @@ class Experiment:
         return UnlearnTask(self.x_forget, self.y_forget, self.x_retain, self.y_retain, self.data.num_classes,
                            self.spec.mode, c.seed,
                            lambda x, y, seed: self.run_recipe(x, y, seed, "retrain"),
-                           epochs=c.unlearn_epochs, lr=c.unlearn_lr, batch_size=c.batch_size)
+                           epochs=c.unlearn_epochs, lr=c.unlearn_lr, batch_size=c.batch_size, recipe_lr=c.lr,
+                           tune=tuple(c.tune))
 
     # ---- evaluation ------------------------------------------------------------------------
 
@@ -857,6 +875,10 @@ def read_progress(path, config: ExperimentConfig, fingerprint: str, forget_mode:
                              f"options or data (an earlier intunlearn's progress file does not say which); rerun "
                              f"with the options it was written with to keep them, or use a fresh --out (or delete "
                              f"{path.parent}) to start over")
+        if saved["methods"] and config.method_defaults != 1:  # format 1 predates the defaults' version 2
+            raise ValueError(f"{path} holds the finished methods {', '.join(saved['methods'])} of an earlier "
+                             f"intunlearn, whose methods had other defaults (version 1, this one has "
+                             f"{config.method_defaults}); use a fresh --out (or delete {path.parent}) to start over")
     else:
         expected = {"format", "config_hash", "config", "methods", "checksum"}
         if set(saved) != expected:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -15,13 +16,91 @@ from intunlearn.modules import sample_weights as record_sample_weights
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser settings of one training phase (SGD with momentum, cosine learning rate)."""
+    """Optimiser settings of one training phase (SGD with momentum, cosine learning rate).
+
+    The phase lasts `epochs` passes over its training set, or, when `steps` is given, that many
+    optimizer steps (whole passes, then part of one; `epochs` is then ignored): a budget that
+    does not grow with the size of the set.
+    """
 
     epochs: int
     lr: float
     batch_size: int = 64
     weight_decay: float = 5e-4
     momentum: float = 0.9
+    steps: int | None = None
+
+    def total_steps(self, samples: int) -> int:
+        """The optimizer steps this phase takes on `samples` training samples."""
+        if samples == 0:
+            return 0
+        if self.steps is not None:
+            return max(0, self.steps)
+        return max(0, self.epochs) * -(-samples // self.batch_size)
+
+
+@dataclass
+class DivergenceGuard:
+    """Stops a training phase that is wrecking the model, and backs off.
+
+    Every `every` optimizer steps (and after the last one) the model's accuracy on a held-out
+    slice (x, y) is measured; the slice must be data the phase does not train on (the methods
+    use a seeded slice of the retain set, `methods.base.holdout_split`). The first measurement,
+    before any step, is the reference. When the accuracy falls more than `margin` percentage
+    points below the reference, the weights of the last check that passed (the model as given,
+    at first) are put back and training stops. `history` records every check as
+    (step, accuracy in %).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    margin: float
+    every: int
+    reference: float | None = None
+    stopped: bool = False
+    stopped_at: int | None = None
+    history: list[tuple[int, float]] = field(default_factory=list)
+    _good: dict | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        if len(self.y) == 0:
+            raise ValueError("the divergence guard needs a non-empty held-out slice")
+        if not (self.margin >= 0) or self.every < 1:
+            raise ValueError(f"the divergence guard needs margin >= 0 and every >= 1, got {self.margin}, "
+                             f"{self.every}")
+
+    def start(self, model) -> None:
+        self.reference = self._accuracy(model)
+        self.history = [(0, self.reference)]
+        self.stopped, self.stopped_at = False, None
+        self._good = copy.deepcopy(model.state_dict())
+
+    def check(self, model, step: int) -> bool:
+        """Measure at `step`; True (and the last good weights restored) when training must stop."""
+        accuracy = self._accuracy(model)
+        self.history.append((step, accuracy))
+        if accuracy < self.reference - self.margin:
+            model.load_state_dict(self._good)
+            self.stopped, self.stopped_at = True, step
+            return True
+        self._good = copy.deepcopy(model.state_dict())
+        return False
+
+    def _accuracy(self, model) -> float:
+        mode = model.training
+        value = 100.0 * accuracy(predict_probabilities(model, self.x), self.y)
+        model.train(mode)
+        return value
+
+    def report(self) -> dict:
+        """JSON: the slice, the rule and what happened. steps_kept: the optimizer steps whose
+        updates the returned model holds (all of them unless the guard stopped training);
+        final_accuracy: the slice accuracy of the returned model."""
+        kept = [(step, acc) for step, acc in self.history if not (self.stopped and step == self.stopped_at)]
+        return {"slice_samples": len(self.y), "margin_points": self.margin, "check_every_steps": self.every,
+                "reference_accuracy": self.reference, "stopped": self.stopped, "stopped_at_step": self.stopped_at,
+                "steps_kept": kept[-1][0] if kept else None, "final_accuracy": kept[-1][1] if kept else None,
+                "checks": [{"step": step, "accuracy": acc} for step, acc in self.history]}
 
 
 def batches(count: int, batch_size: int, generator: torch.Generator):
@@ -39,7 +118,7 @@ def make_optimizer(model, config: TrainConfig, steps: int):
 def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torch.Tensor | None = None,
           loss_sign: float = 1.0, on_epoch_start: Callable[[int], torch.Tensor | None] | None = None,
           extra_loss: Callable[[torch.nn.Module, int], torch.Tensor] | None = None,
-          gradient_mask: dict[str, torch.Tensor] | None = None):
+          gradient_mask: dict[str, torch.Tensor] | None = None, guard: DivergenceGuard | None = None):
     """Mini-batch training of `model` on (x, y).
 
     y: class indices [N], or class probabilities [N, classes] (soft labels).
@@ -57,32 +136,28 @@ def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torc
     of those parameters are trained. Their gradients are masked before each optimizer step and
     the False entries are put back to their values after it, so that neither weight decay nor
     momentum moves them: they stay bit-identical. Parameters not named are trained in full.
+    guard: a DivergenceGuard checked every guard.every steps and after the last; when it trips,
+    the weights of its last passing check are restored and training stops.
     """
-    if config.epochs <= 0 or len(x) == 0:
+    total = config.total_steps(len(x))
+    if total == 0:
         return model
     generator = torch.Generator().manual_seed(seed)
-    steps = config.epochs * -(-len(x) // config.batch_size)
-    optimizer, schedule = make_optimizer(model, config, steps)
-    masked = []
-    if gradient_mask is not None:
-        parameters = dict(model.named_parameters())
-        unknown = sorted(set(gradient_mask) - set(parameters))
-        if unknown:
-            raise ValueError(f"gradient_mask names parameters the model does not have: {unknown}")
-        for name, mask in gradient_mask.items():
-            parameter = parameters[name]
-            if mask.shape != parameter.shape:
-                raise ValueError(f"gradient_mask[{name!r}] has shape {tuple(mask.shape)}; "
-                                 f"expected {tuple(parameter.shape)}")
-            mask = mask.to(device=parameter.device, dtype=torch.bool)
-            masked.append((parameter, mask, parameter.detach().clone()))
+    optimizer, schedule = make_optimizer(model, config, total)
+    masked = _masked_parameters(model, gradient_mask)
+    if guard is not None:
+        guard.start(model)
     model.train()
-    for epoch in tqdm(range(config.epochs), desc=desc, unit="epoch", leave=False):
+    per_epoch = -(-len(x) // config.batch_size)
+    step = 0
+    for epoch in tqdm(range(-(-total // per_epoch)), desc=desc, unit="epoch", leave=False):
         if on_epoch_start is not None:
             alpha = on_epoch_start(epoch)
             model.train()
         fused = alpha is not None and _sample_weights_fused(model, alpha, len(x))
         for batch in batches(len(x), config.batch_size, generator):
+            if step == total:
+                break
             optimizer.zero_grad(set_to_none=True)
             weights = None if alpha is None else alpha[batch]
             with record_sample_weights(model, weights if fused else None):
@@ -102,7 +177,29 @@ def train(model, x, y, config: TrainConfig, *, seed: int, desc: str, alpha: torc
                 for parameter, mask, frozen in masked:
                     parameter.copy_(torch.where(mask, parameter, frozen))
             schedule.step()
+            step += 1
+            if guard is not None and (step % guard.every == 0 or step == total) and guard.check(model, step):
+                return model.eval()
     return model.eval()
+
+
+def _masked_parameters(model, gradient_mask):
+    """[(parameter, bool mask, frozen copy)] for train(gradient_mask=...), checked against the model."""
+    if gradient_mask is None:
+        return []
+    parameters = dict(model.named_parameters())
+    unknown = sorted(set(gradient_mask) - set(parameters))
+    if unknown:
+        raise ValueError(f"gradient_mask names parameters the model does not have: {unknown}")
+    masked = []
+    for name, mask in gradient_mask.items():
+        parameter = parameters[name]
+        if mask.shape != parameter.shape:
+            raise ValueError(f"gradient_mask[{name!r}] has shape {tuple(mask.shape)}; "
+                             f"expected {tuple(parameter.shape)}")
+        mask = mask.to(device=parameter.device, dtype=torch.bool)
+        masked.append((parameter, mask, parameter.detach().clone()))
+    return masked
 
 
 def _sample_weights_fused(model, alpha, samples) -> bool:

@@ -18,7 +18,9 @@ without the retain set). Fine-tuning on nearby, mislabelled points moves the dec
 locally across the forget samples while the retain set anchors everything else. (Our reading of
 the paper's training set; we do not add the forget samples themselves with their true labels.)
 
-Defaults: 5 epochs, SGD lr 0.01 (momentum 0.9, weight decay 5e-4, cosine schedule); initial
+Defaults: 5 epochs over the adversarial + retain set, SGD lr 0.2 x the recipe's (0.01 at the
+default 0.05; momentum 0.9, weight decay 5e-4, cosine schedule), the shared fine-tuning defaults
+(methods.base): the retain set anchors the model, so no divergence guard; initial
 epsilon 1/255 * sqrt(input dimension) (the L2 length of a 1/255 change in every input value);
 20 PGD steps (the paper uses PGD-50: fewer steps keep the search affordable in integer
 arithmetic on the CPU; the epsilon doubling makes up for a weaker attack); at most 10 doublings.
@@ -34,7 +36,7 @@ import torch
 
 from intunlearn.unlearning.methods.base import Method, UnlearnTask
 from intunlearn.unlearning.methods.boundary_shrink import input_bounds, input_gradient
-from intunlearn.unlearning.training import TrainConfig, train
+from intunlearn.unlearning.training import train
 
 
 def _per_sample_norm(t: torch.Tensor) -> torch.Tensor:
@@ -92,16 +94,14 @@ def amun_adversarial_examples(model, x, y, *, epsilon: float, steps: int = 20, m
 class AMUN(Method):
     name = "amun"
     summary = "fine-tune on the nearest adversarial examples of the forget set (own predictions) + retain set"
-    default_epochs, default_lr = 5, 0.01
     steps = 20
     max_doublings = 10
 
-    def unlearn(self, model, task: UnlearnTask):
+    def fit(self, model, task: UnlearnTask):
         epsilon = math.sqrt(task.x_forget[0].numel()) / 255 if len(task.x_forget) else 0.0
         x_adv, labels, self.radius, self.found = amun_adversarial_examples(
             model, task.x_forget, task.y_forget, epsilon=epsilon, steps=self.steps,
             max_doublings=self.max_doublings, bounds=input_bounds(task), batch_size=task.batch_size)
         x = torch.cat([x_adv, task.x_retain])
         y = torch.cat([labels, task.y_retain])
-        config = TrainConfig(self.epochs(task), self.lr(task), task.batch_size)
-        return train(model, x, y, config, seed=task.seed, desc=self.name)
+        return train(model, x, y, self.train_config(task), seed=task.seed, desc=self.name)

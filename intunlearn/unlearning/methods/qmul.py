@@ -59,36 +59,58 @@ class SimilarLabels(RandomLabels):
 
 
 class QMUL(SimilarLabels):
+    """Q-MUL as the paper states it: similar labels computed once with the original model, then
+    the joint objective w_f L_f + w_r L_r in shuffled mixed batches, the weights recomputed every
+    epoch. Defaults: 5 epochs over the forget + retain set, lr 0.2 x the recipe's (0.01 at the
+    default 0.05): the shared fine-tuning defaults (methods.base)."""
+
     name = "qmul"
     summary = "similar labels + adaptive gradient reweighting between forget and retain data"
+    relabel_every_epoch: bool = False
 
     def __init__(self):
-        self._history: list[dict] = []  # one entry per epoch of the last unlearn()
+        super().__init__()
+        self._history: list[dict] = []  # one entry per epoch of the last fit()
 
-    def unlearn(self, model, task):
+    def fit(self, model, task):
         y_forget = self.relabel(model, task)
         x = torch.cat([task.x_forget, task.x_retain])
         y = torch.cat([y_forget, task.y_retain])
-        is_forget = torch.arange(len(x), device=x.device) < len(task.x_forget)
+        count = len(task.x_forget)
+        is_forget = torch.arange(len(x), device=x.device) < count
         self._history = []
 
         def reweight(epoch):
+            if self.relabel_every_epoch and epoch > 0:
+                # train() indexes y per batch, so the new labels take effect from this epoch on
+                y[:count] = self.relabel(model, task)
             seed = task.seed + 1000 * (epoch + 1)
-            forget_norm = mean_gradient_norm(model, task.x_forget, y_forget, task.batch_size, seed)
+            forget_norm = mean_gradient_norm(model, task.x_forget, y[:count], task.batch_size, seed)
             retain_norm = mean_gradient_norm(model, task.x_retain, task.y_retain, task.batch_size, seed)
             w_f, w_r = agr_weights(forget_norm, retain_norm)
             self._history.append({"epoch": epoch, "G_f": forget_norm, "G_r": retain_norm, "w_f": w_f, "w_r": w_r})
             # Per-sample weights whose batch loss sum_i alpha_i CE_i / B is, in expectation over
             # the shuffle, w_f * mean forget CE + w_r * mean retain CE (Q-MUL's weighted objective).
-            return torch.where(is_forget, w_f * len(x) / len(task.x_forget),
-                               w_r * len(x) / len(task.x_retain)).float()
+            return torch.where(is_forget, w_f * len(x) / count, w_r * len(x) / len(task.x_retain)).float()
 
-        config = TrainConfig(self.epochs(task), self.lr(task), task.batch_size)
-        return train(model, x, y, config, seed=task.seed, desc=self.name, on_epoch_start=reweight)
+        return train(model, x, y, self.train_config(task), seed=task.seed, desc=self.name, on_epoch_start=reweight)
 
-    def diagnostics(self):
+    def details(self):
         """The adaptive gradient reweighting of each epoch: G_f, G_r, w_f, w_r."""
         return {"agr_history": list(self._history)}
+
+
+class QMULRelabel(QMUL):
+    """Q-MUL's joint objective (mixed batches, w_f L_f + w_r L_r, as qmul) with the similar labels
+    recomputed with the current model at the start of every epoch, before that epoch's G_f / G_r:
+    the relabelling that issue 15 reports from the authors' released code (Tong et al. 2025,
+    arXiv 2503.13917), without its sequential forget-then-retain schedule (qmul-seq has both).
+    Not re-checked against that code here. Separating the two lets a study tell which of them
+    changes the result."""
+
+    name = "qmul-relabel"
+    summary = "Q-MUL with the similar labels recomputed every epoch with the current model (joint objective)"
+    relabel_every_epoch = True
 
 
 class QMULSequential(QMUL):
@@ -97,12 +119,13 @@ class QMULSequential(QMUL):
     every epoch the similar labels are recomputed with the current model, G_f / G_r and the
     weights with them, then one pass over the forget set with loss w_f * CE and one pass over the
     retain set with w_r * CE (mean losses, no mixed batches). Not re-checked against that code
-    here. The weights are plain loss factors, so the schedule runs in every pipeline."""
+    here. The weights are plain loss factors, so the schedule runs in every pipeline. Defaults:
+    5 epochs, lr 0.2 x the recipe's (methods.base)."""
 
     name = "qmul-seq"
     summary = "Q-MUL, authors' schedule: relabel every epoch; forget pass (w_f) then retain pass (w_r)"
 
-    def unlearn(self, model, task):
+    def fit(self, model, task):
         self._history = []
         epochs, size = self.epochs(task), task.batch_size
         steps = epochs * (-(-len(task.x_forget) // size) + -(-len(task.x_retain) // size))

@@ -18,7 +18,9 @@ What is implemented here (our reading of the method, not a reproduction of publi
 Class-wise forgetting only (a target over "the remaining classes" needs whole classes to be
 forgotten); other forget modes are refused by Method.check.
 
-Defaults: 5 epochs, SGD lr 0.01 (momentum 0.9, weight decay 5e-4, cosine schedule), T = 2.
+Defaults: 5 epochs over the forget + retain set, SGD lr 0.2 x the recipe's (0.01 at the default
+0.05; momentum 0.9, weight decay 5e-4, cosine schedule: the shared fine-tuning defaults,
+methods.base), T = 2.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from intunlearn.unlearning.methods.base import Method, UnlearnTask
-from intunlearn.unlearning.training import TrainConfig, predict_probabilities, train
+from intunlearn.unlearning.training import predict_probabilities, train
 
 
 def target_distribution(probabilities: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor,
@@ -56,10 +58,9 @@ class TRW(Method):
     summary = ("class-wise: fit the forget samples to a target over the remaining classes tilted by "
                "inter-class similarity, plus CE on the retain set")
     forget_modes = ("class",)
-    default_epochs, default_lr = 5, 0.01
     temperature = 2.0
 
-    def unlearn(self, model, task: UnlearnTask):
+    def fit(self, model, task: UnlearnTask):
         classes = torch.unique(task.y_forget)
         probabilities = predict_probabilities(model, task.x_forget)
         self.targets = target_distribution(probabilities, task.y_forget, classes, self.temperature)
@@ -68,5 +69,4 @@ class TRW(Method):
         soft_retain = F.one_hot(task.y_retain, task.num_classes).float()
         x = torch.cat([task.x_forget, task.x_retain])
         y = torch.cat([soft_forget, soft_retain])
-        config = TrainConfig(self.epochs(task), self.lr(task), task.batch_size)
-        return train(model, x, y, config, seed=task.seed, desc=self.name)
+        return train(model, x, y, self.train_config(task), seed=task.seed, desc=self.name)

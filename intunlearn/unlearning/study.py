@@ -165,9 +165,15 @@ def _estimate(values) -> dict | None:
 
 
 def summarise(study: StudyConfig, units: dict[Unit, dict]) -> dict:
-    rows = tidy_rows(units)
     first = next(iter(units.values()))
-    metrics = list(first["metrics"]) + ["gap"]
+    return summarise_rows(study, tidy_rows(units), list(first["metrics"]), first["machine"])
+
+
+def summarise_rows(study: StudyConfig, rows: list[dict], metric_names: list[str], machine: dict) -> dict:
+    """The study's results from its tidy rows (tidy_rows; or read back from results.csv):
+    every figure per seed and as mean with interval, the shifts, the best method and the
+    pipeline comparisons."""
+    metrics = list(metric_names) + ["gap"]
     methods = [m for m in dict.fromkeys(r["method"] for r in rows)]
     summary, best = [], []
     for pipeline, lr in itertools.product(study.pipelines, study.unlearn_lrs):
@@ -193,7 +199,7 @@ def summarise(study: StudyConfig, units: dict[Unit, dict]) -> dict:
                       "unlearn_lrs": list(study.unlearn_lrs), "base": dataclasses.asdict(study.base)},
             "metrics": metrics, "methods": methods, "rows": rows, "summary": summary, "best": best,
             "pipeline_comparisons": _pipeline_comparisons(study, rows, methods),
-            "machine": first["machine"]}
+            "machine": machine}
 
 
 def _shift(unlearned, deployed) -> dict | None:

@@ -11,6 +11,9 @@ the same layer; the micro-kernels'
 instruction counts. The exactness probe reads each engine's int32 accumulator 1:1 (scales 1, a
 small K) on an input where vpmaddubsw (u8 x s8 pairs summed in saturating int16, the AVX2 path
 of fbgemm / oneDNN) saturates, under the default dispatch and with the engines forced to AVX2.
+On the AVX2 path intunlearn reuses a weight's packed panels while its bytes are unchanged
+(numba_cpu.PANEL_CACHE), as PyTorch's quantized linear reuses its prepacked weight; the GEMM
+table also times the int8 GEMM with the panels packed on every call.
 --isa forces intunlearn's kernel path (INTUNLEARN_NUMBA_ISA) and, for the 256-bit paths,
 PyTorch's (ATEN_CPU_CAPABILITY=avx2), so both contenders use the same instruction set.
 Writes benchmarks/results/numba-cpu-<isa>-<date>.json with the machine description and load.
@@ -94,8 +97,18 @@ def gemm_benchmarks(size, repeats, results):
     w4 = ops.pack_int4(torch.from_numpy(rng.integers(-7, 8, (n, k)).astype(np.int8)))
     params = dict(input_zero_point=-3, output_zero_point=2, **requant(n))
     a_f, b_f = x.float(), w8.float().t().contiguous()
+    repacking = numba_cpu.PanelCache(min_weight_bytes=1 << 62)  # takes no weight
+
+    def int8_packing_every_call():
+        cache, numba_cpu.PANEL_CACHE = numba_cpu.PANEL_CACHE, repacking
+        try:
+            return ops.qlinear(x, w8, None, **params, backend="numba")
+        finally:
+            numba_cpu.PANEL_CACHE = cache
+
     entries = {
         "intunlearn int8 (exact)": lambda: ops.qlinear(x, w8, None, **params, backend="numba"),
+        "intunlearn int8 (exact), weight panels packed every call": int8_packing_every_call,
         "intunlearn int4 packed (exact)": lambda: ops.qlinear(x, w4, None, **params, weight_bits=4,
                                                               backend="numba"),
         "torch.mm float32": lambda: torch.mm(a_f, b_f),

@@ -137,7 +137,24 @@ def gemm_benchmarks(size, repeats, results):
         if "seconds" in entry:  # how much faster intunlearn's int8 GEMM is than this entry
             entry["intunlearn_int8_speedup_over_this"] = entry["seconds"] / int8
     results["gemm"] = {"shape": [m, n, k], "timings": timings,
-                       "int4_speedup_vs_int8": int8 / timings["intunlearn int4 packed (exact)"]["seconds"]}
+                       "int4_speedup_vs_int8": int8 / timings["intunlearn int4 packed (exact)"]["seconds"],
+                       "one_thread": one_thread_gemm(entries, repeats)}
+
+
+def one_thread_gemm(entries, repeats):
+    """intunlearn's int8 GEMM and torch.mm float32 with one thread each: the kernels alone,
+    without how each library splits the work over threads (a static split waits for its
+    slowest thread, which another process's work can slow down)."""
+    names = ("intunlearn int8 (exact)", "torch.mm float32")
+    threads = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    try:
+        best = best_times({name: entries[name] for name in names}, repeats)
+    finally:
+        numba.set_num_threads(threads[0])
+        torch.set_num_threads(threads[1])
+    return {"seconds": best, "speedup_vs_torch_mm_f32": best[names[1]] / best[names[0]]}
 
 
 def int4_benchmarks(sizes, repeats, results):
@@ -495,7 +512,11 @@ def print_table(results):
                   f"{entry['speedup_vs_torch_mm_f32']:.2f} | {entry['intunlearn_int8_speedup_over_this']:.2f} |")
         else:
             print(f"| {name} | error | | | |")
-    print(f"\nint4 / int8 speed: {results['gemm']['int4_speedup_vs_int8']:.2f}x")
+    one = results["gemm"]["one_thread"]
+    print(f"\none thread each: intunlearn int8 {one['seconds']['intunlearn int8 (exact)'] * 1e3:.2f} ms, "
+          f"torch.mm f32 {one['seconds']['torch.mm float32'] * 1e3:.2f} ms: "
+          f"{one['speedup_vs_torch_mm_f32']:.2f}x")
+    print(f"int4 / int8 speed: {results['gemm']['int4_speedup_vs_int8']:.2f}x")
     for row in results["int4"]:
         print(f"int4 / int8 speed, M x N x K = {'x'.join(map(str, row['shape']))}: "
               f"{row['int4_speedup_vs_int8']:.2f}x ({row['int8_seconds'] * 1e3:.2f} ms -> "

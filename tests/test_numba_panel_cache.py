@@ -154,3 +154,19 @@ def test_cached_panels_match_reference_qconv2d(cache, case):
         got = ops.qconv2d(case["x"], weight, case["bias"], **params, backend="numba")
         want = ops.qconv2d(case["x"], weight, case["bias"], **params, backend="reference")
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("out_channels, length", [(64, 2), (70, 64), (130, 96), (1, 1024)])
+def test_linear_pair_panel_layout(out_channels, length):
+    """pack_pair_panel_words (a linear layer's weights) against the layout's definition:
+    element (block, q, lane, j) = W[64 block + lane, 2q + j] as int16, 0 past the channels."""
+    from intunlearn.kernels.cpu import pair_gemm
+
+    rng = np.random.default_rng(out_channels)
+    w = rng.integers(-128, 128, (out_channels, length)).astype(np.int8)
+    blocks = -(-out_channels // 64)
+    want = np.zeros((blocks * 64, length), np.int16)
+    want[:out_channels] = w
+    want = want.reshape(blocks, 64, length // 2, 2).transpose(0, 2, 1, 3).reshape(-1)
+    got = pair_gemm.pack_pair_panel_words(w.view(np.uint16), out_channels)
+    assert got.dtype == np.int16 and np.array_equal(got, want)

@@ -354,6 +354,8 @@ def _run_conv_pairs(x4, weight2d, bias, *, groups, geometry, padding,
             with _serial_if_small(weight.size * 2):
                 weight = _gemm.unpack_int4_rows(weight, group_channels * taps)
         with _serial_if_small(out_channels * taps * channels_padded * 2):
+            if groups == 1 and taps == 1 and group_channels % 2 == 0 and weight.flags.c_contiguous:
+                return _pairs.pack_pair_panel_words(weight.view(np.uint16), out_channels)
             return _pairs.pack_pair_panel(weight, groups, group_channels, taps, channels_padded)
 
     panel = PANEL_CACHE.panel(weight2d, ("pairs", groups, group_channels, taps, channels_padded), pack)

@@ -41,8 +41,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fixedpoint import requantize, wrap_int32
-from .microkernel import claim_next
-from .microkernel import (GEMV_CHUNK, GEMV_ROWS, K_GROUP, MR, NR, gemv_row_vnni,
+from .microkernel import (GEMV_CHUNK, GEMV_ROWS, K_GROUP, MR, NR, claim_next, gemv_row_vnni,
                           gemv_row_vnni_int4, gemv_tile_vnni, gemv_tile_vnni_int4, int4_tile_vnni, int4_tile_vnni_requant,
                           int8_tile_generic, int8_tile_generic_requant, int8_tile_vnni,
                           int8_tile_vnni_requant)

@@ -11,6 +11,9 @@ the same layer; the micro-kernels'
 instruction counts. The exactness probe reads each engine's int32 accumulator 1:1 (scales 1, a
 small K) on an input where vpmaddubsw (u8 x s8 pairs summed in saturating int16, the AVX2 path
 of fbgemm / oneDNN) saturates, under the default dispatch and with the engines forced to AVX2.
+On the AVX2 path intunlearn reuses a weight's packed panels while its bytes are unchanged
+(numba_cpu.PANEL_CACHE), as PyTorch's quantized linear reuses its prepacked weight; the GEMM
+table also times the int8 GEMM with the panels packed on every call.
 --isa forces intunlearn's kernel path (INTUNLEARN_NUMBA_ISA) and, for the 256-bit paths,
 PyTorch's (ATEN_CPU_CAPABILITY=avx2), so both contenders use the same instruction set.
 Writes benchmarks/results/numba-cpu-<isa>-<date>.json with the machine description and load.
@@ -94,8 +97,18 @@ def gemm_benchmarks(size, repeats, results):
     w4 = ops.pack_int4(torch.from_numpy(rng.integers(-7, 8, (n, k)).astype(np.int8)))
     params = dict(input_zero_point=-3, output_zero_point=2, **requant(n))
     a_f, b_f = x.float(), w8.float().t().contiguous()
+    repacking = numba_cpu.PanelCache(min_weight_bytes=1 << 62)  # takes no weight
+
+    def int8_packing_every_call():
+        cache, numba_cpu.PANEL_CACHE = numba_cpu.PANEL_CACHE, repacking
+        try:
+            return ops.qlinear(x, w8, None, **params, backend="numba")
+        finally:
+            numba_cpu.PANEL_CACHE = cache
+
     entries = {
         "intunlearn int8 (exact)": lambda: ops.qlinear(x, w8, None, **params, backend="numba"),
+        "intunlearn int8 (exact), weight panels packed every call": int8_packing_every_call,
         "intunlearn int4 packed (exact)": lambda: ops.qlinear(x, w4, None, **params, weight_bits=4,
                                                               backend="numba"),
         "torch.mm float32": lambda: torch.mm(a_f, b_f),
@@ -124,7 +137,24 @@ def gemm_benchmarks(size, repeats, results):
         if "seconds" in entry:  # how much faster intunlearn's int8 GEMM is than this entry
             entry["intunlearn_int8_speedup_over_this"] = entry["seconds"] / int8
     results["gemm"] = {"shape": [m, n, k], "timings": timings,
-                       "int4_speedup_vs_int8": int8 / timings["intunlearn int4 packed (exact)"]["seconds"]}
+                       "int4_speedup_vs_int8": int8 / timings["intunlearn int4 packed (exact)"]["seconds"],
+                       "one_thread": one_thread_gemm(entries, repeats)}
+
+
+def one_thread_gemm(entries, repeats):
+    """intunlearn's int8 GEMM and torch.mm float32 with one thread each: the kernels alone,
+    without how each library splits the work over threads (a static split waits for its
+    slowest thread, which another process's work can slow down)."""
+    names = ("intunlearn int8 (exact)", "torch.mm float32")
+    threads = numba.get_num_threads(), torch.get_num_threads()
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
+    try:
+        best = best_times({name: entries[name] for name in names}, repeats)
+    finally:
+        numba.set_num_threads(threads[0])
+        torch.set_num_threads(threads[1])
+    return {"seconds": best, "speedup_vs_torch_mm_f32": best[names[1]] / best[names[0]]}
 
 
 def int4_benchmarks(sizes, repeats, results):
@@ -482,7 +512,11 @@ def print_table(results):
                   f"{entry['speedup_vs_torch_mm_f32']:.2f} | {entry['intunlearn_int8_speedup_over_this']:.2f} |")
         else:
             print(f"| {name} | error | | | |")
-    print(f"\nint4 / int8 speed: {results['gemm']['int4_speedup_vs_int8']:.2f}x")
+    one = results["gemm"]["one_thread"]
+    print(f"\none thread each: intunlearn int8 {one['seconds']['intunlearn int8 (exact)'] * 1e3:.2f} ms, "
+          f"torch.mm f32 {one['seconds']['torch.mm float32'] * 1e3:.2f} ms: "
+          f"{one['speedup_vs_torch_mm_f32']:.2f}x")
+    print(f"int4 / int8 speed: {results['gemm']['int4_speedup_vs_int8']:.2f}x")
     for row in results["int4"]:
         print(f"int4 / int8 speed, M x N x K = {'x'.join(map(str, row['shape']))}: "
               f"{row['int4_speedup_vs_int8']:.2f}x ({row['int8_seconds'] * 1e3:.2f} ms -> "

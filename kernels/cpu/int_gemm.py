@@ -41,7 +41,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fixedpoint import requantize, wrap_int32
-from .microkernel import (GEMV_CHUNK, GEMV_ROWS, K_GROUP, MR, NR, gemv_row_vnni,
+from .microkernel import (GEMV_CHUNK, GEMV_ROWS, K_GROUP, MR, NR, claim_next, gemv_row_vnni,
                           gemv_row_vnni_int4, gemv_tile_vnni, gemv_tile_vnni_int4, int4_tile_vnni, int4_tile_vnni_requant,
                           int8_tile_generic, int8_tile_generic_requant, int8_tile_vnni,
                           int8_tile_vnni_requant)
@@ -89,6 +89,20 @@ def padded(length: int, multiple: int) -> int:
 # --------------------------------------------------------------------------------------------
 # Packing
 # --------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def same_bytes(a, b):
+    """Whether two uint8 arrays of one length hold the same bytes: 4 KB at a time (a
+    vectorized OR of XORs), stopping at the first block that differs."""
+    length = a.shape[0]
+    for start in range(0, length, 4096):
+        differ = np.uint8(0)
+        for i in range(start, min(start + 4096, length)):
+            differ |= a[i] ^ b[i]
+        if differ != 0:
+            return False
+    return True
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -414,7 +428,7 @@ def _requantize_raw_tile(tile, out, row_start, row_count, channel_start, channel
 @njit(cache=True, nogil=True, parallel=True)
 def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv_geometry,
                  qparams, epilogue, correction, row_correction, multiplier, shift, out, params,
-                 rows_per_block, channel_splits, fused, isa):
+                 rows_per_block, channel_splits, fused, isa, threads):
     """Grouped convolution (linear = 1x1 convolution of 1x1 images) with fused requantization.
 
     image: uint8 flat [N][Hp][Wp][G][Cgp] (pad_nhwc); panel: pack_weight_panel's; tap_offsets
@@ -430,7 +444,8 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
     correction uses z_x instead of 128 + z_x) or, with pack_int4_panel's panel and
     groups_per_tap counting pairs of k-groups, ISA_VNNI_INT4. ISA_AVX2 reads an int16 image
     (pad_nhwc_pairs) and pack_pair_panel's panel through byte views: image_geometry's Cgp
-    and the tap offsets count bytes, groups_per_tap counts k-pairs."""
+    and the tap offsets count bytes, groups_per_tap counts k-pairs.
+    threads: Numba's thread count (a worker each, claiming work items one at a time)."""
     height_padded, width_padded, groups, channels_padded = image_geometry
     stride_h, stride_w, out_w = conv_geometry
     positions = params[4]
@@ -441,78 +456,86 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
     pixel = groups * channels_padded
     row_blocks = -(-rows // rows_per_block)
     blocks_per_split = -(-blocks // channel_splits)
-    for item in prange(row_blocks * groups * channel_splits):
-        row_block = item // (groups * channel_splits)
-        g = (item // channel_splits) % groups
-        split = item % channel_splits
-        row_begin = row_block * rows_per_block
-        row_end = min(row_begin + rows_per_block, rows)
+    items = row_blocks * groups * channel_splits
+    # Items are claimed one at a time from a shared counter (dynamic scheduling): a thread
+    # slowed down by another process's work takes fewer, instead of the whole GEMM waiting for
+    # its fixed share.
+    next_item = np.zeros(1, np.int64)
+    for _ in prange(min(threads, items)):
         row_offsets = np.empty(MR, np.int64)
         tile32 = np.empty(MR * NR, np.int32)
         tile8 = np.empty(MR * NR, np.int8)
-        for block in range(split * blocks_per_split, min((split + 1) * blocks_per_split, blocks)):
-            panel_start = (g * blocks + block) * block_size
-            channel_start = g * group_rows + block * NR
-            channel_count = min(NR, group_rows - block * NR)
-            for i in range(row_begin, row_end, MR):
-                row_count = min(MR, row_end - i)
-                for m in range(MR):
-                    row = i + min(m, row_count - 1)  # rows past the end repeat the last one
-                    n = row // positions
-                    p = row - n * positions
-                    oy = p // out_w
-                    ox = p - oy * out_w
-                    row_offsets[m] = (((n * height_padded + oy * stride_h) * width_padded
-                                       + ox * stride_w) * pixel + g * channels_padded)
-                if fused:
-                    if isa == ISA_AVX2:
-                        pair_tile_avx2_requant(image, row_offsets, tap_offsets, groups_per_tap,
-                                               panel, panel_start, qparams, channel_start,
-                                               epilogue, tile8)
-                    elif isa == ISA_SDOT:
-                        int8_tile_sdot_requant(image, row_offsets, tap_offsets, groups_per_tap,
-                                               panel, panel_start, qparams, channel_start,
-                                               epilogue, tile8)
-                    elif isa == ISA_AVXVNNI:
-                        int8_tile_avxvnni_requant(image, row_offsets, tap_offsets, groups_per_tap,
-                                                  panel, panel_start, qparams, channel_start,
-                                                  epilogue, tile8)
-                    elif isa == ISA_VNNI_INT4:
-                        int4_tile_vnni_requant(image, row_offsets, tap_offsets, groups_per_tap,
-                                               panel, panel_start, qparams, channel_start,
-                                               epilogue, tile8)
-                    elif isa == ISA_VNNI:
-                        int8_tile_vnni_requant(image, row_offsets, tap_offsets, groups_per_tap,
-                                               panel, panel_start, qparams, channel_start,
-                                               epilogue, tile8)
+        item = claim_next(next_item)
+        while item < items:
+            row_block = item // (groups * channel_splits)
+            g = (item // channel_splits) % groups
+            split = item % channel_splits
+            row_begin = row_block * rows_per_block
+            row_end = min(row_begin + rows_per_block, rows)
+            for block in range(split * blocks_per_split, min((split + 1) * blocks_per_split, blocks)):
+                panel_start = (g * blocks + block) * block_size
+                channel_start = g * group_rows + block * NR
+                channel_count = min(NR, group_rows - block * NR)
+                for i in range(row_begin, row_end, MR):
+                    row_count = min(MR, row_end - i)
+                    for m in range(MR):
+                        row = i + min(m, row_count - 1)  # rows past the end repeat the last one
+                        n = row // positions
+                        p = row - n * positions
+                        oy = p // out_w
+                        ox = p - oy * out_w
+                        row_offsets[m] = (((n * height_padded + oy * stride_h) * width_padded
+                                           + ox * stride_w) * pixel + g * channels_padded)
+                    if fused:
+                        if isa == ISA_AVX2:
+                            pair_tile_avx2_requant(image, row_offsets, tap_offsets, groups_per_tap,
+                                                   panel, panel_start, qparams, channel_start,
+                                                   epilogue, tile8)
+                        elif isa == ISA_SDOT:
+                            int8_tile_sdot_requant(image, row_offsets, tap_offsets, groups_per_tap,
+                                                   panel, panel_start, qparams, channel_start,
+                                                   epilogue, tile8)
+                        elif isa == ISA_AVXVNNI:
+                            int8_tile_avxvnni_requant(image, row_offsets, tap_offsets, groups_per_tap,
+                                                      panel, panel_start, qparams, channel_start,
+                                                      epilogue, tile8)
+                        elif isa == ISA_VNNI_INT4:
+                            int4_tile_vnni_requant(image, row_offsets, tap_offsets, groups_per_tap,
+                                                   panel, panel_start, qparams, channel_start,
+                                                   epilogue, tile8)
+                        elif isa == ISA_VNNI:
+                            int8_tile_vnni_requant(image, row_offsets, tap_offsets, groups_per_tap,
+                                                   panel, panel_start, qparams, channel_start,
+                                                   epilogue, tile8)
+                        else:
+                            int8_tile_generic_requant(image, row_offsets, tap_offsets,
+                                                      groups_per_tap, panel, panel_start, qparams,
+                                                      channel_start, epilogue, tile8)
+                        for m in range(row_count):
+                            out[i + m, channel_start:channel_start + channel_count] = \
+                                tile8[m * NR:m * NR + channel_count]
                     else:
-                        int8_tile_generic_requant(image, row_offsets, tap_offsets,
-                                                  groups_per_tap, panel, panel_start, qparams,
-                                                  channel_start, epilogue, tile8)
-                    for m in range(row_count):
-                        out[i + m, channel_start:channel_start + channel_count] = \
-                            tile8[m * NR:m * NR + channel_count]
-                else:
-                    if isa == ISA_AVX2:
-                        pair_tile_avx2(image, row_offsets, tap_offsets, groups_per_tap, panel,
-                                       panel_start, qparams, channel_start, epilogue, tile32)
-                    elif isa == ISA_SDOT:
-                        int8_tile_sdot(image, row_offsets, tap_offsets, groups_per_tap, panel,
-                                       panel_start, qparams, channel_start, epilogue, tile32)
-                    elif isa == ISA_AVXVNNI:
-                        int8_tile_avxvnni(image, row_offsets, tap_offsets, groups_per_tap, panel,
-                                          panel_start, qparams, channel_start, epilogue, tile32)
-                    elif isa == ISA_VNNI_INT4:
-                        int4_tile_vnni(image, row_offsets, tap_offsets, groups_per_tap, panel,
-                                       panel_start, qparams, channel_start, epilogue, tile32)
-                    elif isa == ISA_VNNI:
-                        int8_tile_vnni(image, row_offsets, tap_offsets, groups_per_tap, panel,
-                                       panel_start, qparams, channel_start, epilogue, tile32)
-                    else:
-                        int8_tile_generic(image, row_offsets, tap_offsets, groups_per_tap, panel,
-                                          panel_start, qparams, channel_start, epilogue, tile32)
-                    _requantize_raw_tile(tile32, out, i, row_count, channel_start, channel_count,
-                                         correction, row_correction, multiplier, shift, params)
+                        if isa == ISA_AVX2:
+                            pair_tile_avx2(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                           panel_start, qparams, channel_start, epilogue, tile32)
+                        elif isa == ISA_SDOT:
+                            int8_tile_sdot(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                           panel_start, qparams, channel_start, epilogue, tile32)
+                        elif isa == ISA_AVXVNNI:
+                            int8_tile_avxvnni(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                              panel_start, qparams, channel_start, epilogue, tile32)
+                        elif isa == ISA_VNNI_INT4:
+                            int4_tile_vnni(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                           panel_start, qparams, channel_start, epilogue, tile32)
+                        elif isa == ISA_VNNI:
+                            int8_tile_vnni(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                           panel_start, qparams, channel_start, epilogue, tile32)
+                        else:
+                            int8_tile_generic(image, row_offsets, tap_offsets, groups_per_tap, panel,
+                                              panel_start, qparams, channel_start, epilogue, tile32)
+                        _requantize_raw_tile(tile32, out, i, row_count, channel_start, channel_count,
+                                             correction, row_correction, multiplier, shift, params)
+            item = claim_next(next_item)
 
 
 @njit(cache=True, nogil=True)

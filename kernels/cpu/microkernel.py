@@ -480,6 +480,20 @@ gemv_row_vnni_int4 = _gemv_intrinsic(int4=True, rows_count=1)
 # --------------------------------------------------------------------------------------------
 
 
+@intrinsic
+def claim_next(typingctx, counter):
+    """Atomically counter[0] += 1 and return the old value (int64): how the threads of a
+    parallel loop hand out work items one at a time (see int_gemm.conv_requant)."""
+    sig = types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", array.data, _I64(1), "monotonic")
+
+    return sig, codegen
+
+
+
 def _tile_intrinsic(make_kernel, requantized):
     def tile(typingctx, image, row_offsets, tap_offsets, groups_per_tap, panel, panel_start,
              qparams, channel_start, epilogue, out):

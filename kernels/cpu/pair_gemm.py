@@ -22,6 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from .fixedpoint import requantize, wrap_int32
+from .int_gemm import _transpose_words
 from .microkernel import NR
 from .microkernel_avx2 import (GEMV_ONE_ROW_CHANNELS, NIBBLE_CHANNELS, NIBBLE_CHUNK, NIBBLE_ROWS,
                                PAIR_CHANNELS, PAIR_CHUNK, PAIR_ROWS, gemv_nibbles, gemv_pairs,
@@ -62,6 +63,29 @@ def pack_pair_panel(weight, groups, group_channels, taps, channels_padded):
                     if ci + 1 < group_channels:
                         panel[cursor + PAIR * lane + 1] = source[(ci + 1) * taps + t]
     return panel
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _pair_word(word):
+    """A uint16 holding two int8 weights (k even in the low byte) -> the panel's uint32
+    holding them as two int16 (sign-extended, k even in the low half)."""
+    low = np.int32(np.int8(word & np.uint16(0xFF)))
+    high = np.int32(np.int8(word >> np.uint16(8)))
+    return np.uint32(low & 0xFFFF) | (np.uint32(high & 0xFFFF) << np.uint32(16))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def pack_pair_panel_words(pairs, out_channels):
+    """pack_pair_panel for one group, one tap and an even K (a linear layer): the weight
+    viewed as uint16 [OC, K / 2] holds each panel word's two int8, so packing is a 16-bit
+    transpose (16 words of a row at a time, int_gemm._transpose_words) that widens each word
+    to two int16. Returns the int16 panel [blocks][K / 2][64][2], zero past the real
+    channels."""
+    blocks = -(-out_channels // NR)
+    panel = np.empty(blocks * pairs.shape[1] * NR, np.uint32)
+    for block in prange(blocks):
+        _transpose_words(pairs, out_channels, block, _pair_word, panel)
+    return panel.view(np.int16)
 
 
 @njit(cache=True, nogil=True, parallel=True)

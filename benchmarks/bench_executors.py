@@ -31,23 +31,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import cpu_model, load_average
+
 RESULTS = Path(__file__).resolve().parent / "results"
 STUDY = "--seeds 2 --pipelines fake,integer"
 CONTENDERS = {"local": [], "local-1": ["--cpus-per-task", "1"], "ray": ["--executor", "ray"]}
 
 
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
-def load_average() -> list[float]:
-    return list(os.getloadavg())
 
 
 def run_study(options: list[str], folder: Path) -> float:

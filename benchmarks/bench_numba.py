@@ -40,6 +40,7 @@ import torch
 from intunlearn import ops
 from intunlearn import reference as spec
 from intunlearn.backends import numba_cpu
+from machine import cpu_model, load_average
 
 
 def best_times(fns, repeats):
@@ -56,14 +57,6 @@ def best_times(fns, repeats):
     return best
 
 
-def cpu_model():
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def requant(channels):
@@ -362,11 +355,6 @@ def cpu_flags():
     return {}
 
 
-def load_average():
-    try:
-        return list(os.getloadavg())
-    except OSError:
-        return None
 
 
 # Each kernel compiled for a CPU that has its instructions (no such machine needed), and the

@@ -21,17 +21,11 @@ from pathlib import Path
 from intunlearn.executors import LocalExecutor, RayExecutor
 from intunlearn.unlearning.engine import PIPELINES, ExperimentConfig
 from intunlearn.unlearning.ulira import run_ulira
+from machine import cpu_model, load_average
 
 
-def loadavg() -> list[float]:
-    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main(argv=None) -> int:
@@ -47,7 +41,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     config = ExperimentConfig(methods=tuple(args.methods.split(",")))
     executor = LocalExecutor(threads=1) if args.cpus == 0 else RayExecutor(num_cpus=args.cpus, cpus_per_task=1)
-    before, start = loadavg(), time.perf_counter()
+    before, start = load_average(), time.perf_counter()
     try:
         results = run_ulira(config, args.out, args.cache, pipelines=tuple(args.pipelines.split(",")),
                             shadows=args.shadows, pool_size=args.pool, seed=args.seed, executor=executor)
@@ -55,7 +49,7 @@ def main(argv=None) -> int:
         executor.close()
     wall = time.perf_counter() - start
     run = {"command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]), "wall_seconds": round(wall, 1),
-           "loadavg_before": before, "loadavg_after": loadavg(), "executor": executor.name,
+           "loadavg_before": before, "loadavg_after": load_average(), "executor": executor.name,
            "cpus": args.cpus, "machine": {"platform": platform.platform(), "cpu_model": cpu_model(),
                                           "cores": os.cpu_count()},
            "rows": len(results["rows"])}

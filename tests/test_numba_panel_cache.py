@@ -159,7 +159,8 @@ def test_cached_panels_match_reference_qconv2d(cache, case):
 @pytest.mark.parametrize("out_channels, length", [(64, 2), (70, 64), (130, 96), (1, 1024)])
 def test_linear_pair_panel_layout(out_channels, length):
     """pack_pair_panel_words (a linear layer's weights) against the layout's definition:
-    element (block, q, lane, j) = W[64 block + lane, 2q + j] as int16, 0 past the channels."""
+    element (block, segment, q, lane, j) = W[64 block + 16 segment + lane, 2q + j] as int16,
+    0 past the channels."""
     from intunlearn.kernels.cpu import pair_gemm
 
     rng = np.random.default_rng(out_channels)
@@ -167,6 +168,30 @@ def test_linear_pair_panel_layout(out_channels, length):
     blocks = -(-out_channels // 64)
     want = np.zeros((blocks * 64, length), np.int16)
     want[:out_channels] = w
-    want = want.reshape(blocks, 64, length // 2, 2).transpose(0, 2, 1, 3).reshape(-1)
+    want = want.reshape(blocks, 4, 16, length // 2, 2).transpose(0, 1, 3, 2, 4).reshape(-1)
     got = pair_gemm.pack_pair_panel_words(w.view(np.uint16), out_channels)
+    assert got.dtype == np.int16 and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("out_channels, groups, group_channels, taps",
+                         [(64, 1, 3, 9), (70, 1, 4, 1), (40, 2, 5, 4), (130, 1, 2, 9)])
+def test_conv_pair_panel_layout(out_channels, groups, group_channels, taps):
+    """pack_pair_panel (any convolution) against the layout's definition: element
+    (g, block, segment, t, q, lane, j) = W[g * OCg + 64 block + 16 segment + lane,
+    ci = 2q + j, tap t] as int16, 0 past the real channels and input channels."""
+    from intunlearn.kernels.cpu import pair_gemm
+
+    rng = np.random.default_rng(out_channels + taps)
+    w = rng.integers(-128, 128, (out_channels, group_channels * taps)).astype(np.int8)
+    group_rows = out_channels // groups
+    blocks = -(-group_rows // 64)
+    channels_padded = group_channels + group_channels % 2
+    want = np.zeros((groups, blocks * 64, channels_padded, taps), np.int16)
+    for g in range(groups):
+        want[g, :group_rows, :group_channels] = w[g * group_rows:(g + 1) * group_rows].reshape(
+            group_rows, group_channels, taps)
+    # [g][block][segment][lane][q][j][t] -> [g][block][segment][t][q][lane][j]
+    want = want.reshape(groups, blocks, 4, 16, channels_padded // 2, 2, taps)
+    want = want.transpose(0, 1, 2, 6, 4, 3, 5).reshape(-1)
+    got = pair_gemm.pack_pair_panel(w, groups, group_channels, taps, channels_padded)
     assert got.dtype == np.int16 and np.array_equal(got, want)

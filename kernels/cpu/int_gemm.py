@@ -266,12 +266,15 @@ def pad_nhwc(x, groups, channels_padded, pad_top, pad_left, height_padded, width
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _transpose_words(words, out_channels, block, convert, panel):
-    """Panel block `block` from 32-bit words [OC, W]: panel[(block * W + q) * 64 + lane] =
-    convert(words[64 block + lane, q]), zero past the real channels. Each row is read 16 words
-    (one cache line) at a time into a 4 KB tile that is then stored sequentially."""
+def _transpose_words(words, out_channels, block, convert, panel, segment_lanes=NR):
+    """Panel block `block` from 32-bit words [OC, W], in segments of `segment_lanes` channels
+    (NR: one segment, the int8 layout; 16: the AVX2 pair layout):
+    panel[((block * S + s) * W + q) * L + l] = convert(words[64 block + L s + l, q]) with
+    L = segment_lanes, S = NR / L, zero past the real channels. Each row is read 16 words (one
+    cache line) at a time into a 4 KB tile that is then stored sequentially."""
     width = words.shape[1]
     lanes = min(NR, out_channels - block * NR)
+    segments = NR // segment_lanes
     tile = np.zeros(16 * NR, np.uint32)
     for q0 in range(0, width, 16):
         count = min(16, width - q0)
@@ -279,8 +282,15 @@ def _transpose_words(words, out_channels, block, convert, panel):
             source = words[block * NR + lane]
             for i in range(count):
                 tile[i * NR + lane] = convert(source[q0 + i])
-        start = (block * width + q0) * NR
-        panel[start:start + count * NR] = tile[:count * NR]
+        if segments == 1:
+            start = (block * width + q0) * NR
+            panel[start:start + count * NR] = tile[:count * NR]
+            continue
+        for s in range(segments):
+            start = ((block * segments + s) * width + q0) * segment_lanes
+            for i in range(count):
+                panel[start + i * segment_lanes:start + (i + 1) * segment_lanes] = \
+                    tile[i * NR + s * segment_lanes:i * NR + (s + 1) * segment_lanes]
 
 
 @njit(cache=True, nogil=True, inline="always")

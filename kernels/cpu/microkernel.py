@@ -123,14 +123,20 @@ def _counted_loop(builder, count, body):
 
 
 def _define_kernel(module, name, acc_type, acc_count, emit_step, emit_finish, requantized,
-                   segments=1, k_groups_per_step=1):
+                   segments=1, k_groups_per_step=1, segment_major=False):
     """Define `void name(i8* image, i64* row_offsets, i64* tap_offsets, i64 taps,
     i64 steps_per_tap, i8* panel, i8* out, i32* qparams, i64 qstride, i64 single_rounding,
     i32 z_y, i32 act_min, i32 act_max)`: the taps x steps loop around emit_step, then
     emit_finish's int32 results either stored raw (out = int32 [MR][NR]) or requantized
     (out = int8 [MR][NR]; see _emit_requantize). A step covers k_groups_per_step k-groups of 4
     (one for int8 panels, two for int4 ones) and 256 panel bytes; emit_step gets each row's
-    activation words per k-group, a_words[i][m]."""
+    activation words per k-group, a_words[i][m], and b_offset, the byte offset of the step's
+    256 panel bytes.
+
+    segment_major: the panel holds each segment's channels as a panel of their own
+    ([segment][tap][k-group][NR / segments channels][4 bytes]), so a segment's sweep reads
+    its 256 / segments bytes a step sequentially instead of a quarter of every 256-byte row;
+    b_offset then points at the segment's bytes of the step."""
     existing = module.globals.get(name)
     if existing is not None:
         return existing
@@ -151,9 +157,13 @@ def _define_kernel(module, name, acc_type, acc_count, emit_step, emit_finish, re
     for segment in range(segments):
         accs = [cgutils.alloca_once_value(builder, ir.Constant(acc_type, None))
                 for _ in range(acc_count)]
-        panel_cursor = cgutils.alloca_once_value(builder, _I64(0))
+        step_bytes = NR * K_GROUP // segments if segment_major else NR * K_GROUP
+        first_byte = (builder.mul(builder.mul(taps, groups), _I64(segment * step_bytes))
+                      if segment_major else _I64(0))
+        panel_cursor = cgutils.alloca_once_value(builder, first_byte)
 
-        def tap_body(t, accs=accs, panel_cursor=panel_cursor, segment=segment):
+        def tap_body(t, accs=accs, panel_cursor=panel_cursor, segment=segment,
+                     step_bytes=step_bytes):
             tap = builder.load(builder.gep(tap_offsets, [t]))
             row_starts = [builder.add(r, tap) for r in rows]
 
@@ -163,7 +173,7 @@ def _define_kernel(module, name, acc_type, acc_count, emit_step, emit_finish, re
                 a_words = [[_load(builder, _I32, image, builder.add(start, builder.add(first, _I64(K_GROUP * i))))
                             for start in row_starts] for i in range(k_groups_per_step)]
                 emit_step(builder, accs, a_words, panel, b_offset, segment)
-                builder.store(builder.add(b_offset, _I64(NR * K_GROUP)), panel_cursor)
+                builder.store(builder.add(b_offset, _I64(step_bytes)), panel_cursor)
 
             _counted_loop(builder, groups, group_body)
 

@@ -5,7 +5,7 @@ operands:
 
 * pad_nhwc_pairs: int8 NCHW -> int16 padded NHWC holding x - z_x (the padding 0, the real
   zero), so that the accumulator needs no zero-point correction.
-* pack_pair_panel: int8 weights -> int16 panels [G][64-ch blocks][tap][k-pair][64][2].
+* pack_pair_panel: int8 weights -> int16 panels [G][64-ch blocks][16-ch segment][tap][k-pair][16][2].
 
 and runs the few-row linear layer with the weights read in place (gemv_requant_pairs; for
 packed int4 on more than one row gemv_requant_nibbles, vpmaddubsw on u8 x + 128 bytes).
@@ -24,6 +24,7 @@ from numba import njit, prange
 from .fixedpoint import requantize, wrap_int32
 from .int_gemm import _transpose_words
 from .microkernel import NR
+from .microkernel_avx2 import SEGMENT as SEGMENT_CHANNELS
 from .microkernel_avx2 import (GEMV_ONE_ROW_CHANNELS, NIBBLE_CHANNELS, NIBBLE_CHUNK, NIBBLE_ROWS,
                                PAIR_CHANNELS, PAIR_CHUNK, PAIR_ROWS, gemv_nibbles, gemv_pairs,
                                gemv_pairs_int4, gemv_pairs_row, gemv_pairs_row_int4)
@@ -41,8 +42,9 @@ def pairs_exact(input_zero_point: int) -> bool:
 @njit(cache=True, nogil=True, parallel=True)
 def pack_pair_panel(weight, groups, group_channels, taps, channels_padded):
     """int8 weight [OC, Cg * taps] (k = ci * taps + t, PyTorch's flattening) -> int16 flat
-    [G][blocks][taps][Cgp / 2][64 channels][2]: element (t, q, lane, j) is
-    W[g * OCg + 64 block + lane, ci = 2q + j, tap t], zero past the real channels."""
+    [G][blocks][segments][taps][Cgp / 2][16 channels][2], segment-major for the AVX2 tile's
+    sweeps (microkernel_avx2): element (s, t, q, lane, j) is
+    W[g * OCg + 64 block + 16 s + lane, ci = 2q + j, tap t], zero past the real channels."""
     out_channels = weight.shape[0]
     group_rows = out_channels // groups
     blocks = -(-group_rows // NR)
@@ -53,15 +55,18 @@ def pack_pair_panel(weight, groups, group_channels, taps, channels_padded):
         row_start = g * group_rows + block * NR
         lanes = min(NR, group_rows - block * NR)
         base = item * taps * pairs * NR * PAIR
-        for t in range(taps):
-            for q in range(pairs):
-                cursor = base + (t * pairs + q) * NR * PAIR
-                for lane in range(lanes):
-                    source = weight[row_start + lane]
+        for segment in range(NR // SEGMENT_CHANNELS):
+            for t in range(taps):
+                for q in range(pairs):
+                    cursor = base + ((segment * taps + t) * pairs + q) * SEGMENT_CHANNELS * PAIR
                     ci = PAIR * q
-                    panel[cursor + PAIR * lane] = source[ci * taps + t]
-                    if ci + 1 < group_channels:
-                        panel[cursor + PAIR * lane + 1] = source[(ci + 1) * taps + t]
+                    for lane in range(segment * SEGMENT_CHANNELS,
+                                      min((segment + 1) * SEGMENT_CHANNELS, lanes)):
+                        source = weight[row_start + lane]
+                        at = cursor + PAIR * (lane - segment * SEGMENT_CHANNELS)
+                        panel[at] = source[ci * taps + t]
+                        if ci + 1 < group_channels:
+                            panel[at + 1] = source[(ci + 1) * taps + t]
     return panel
 
 
@@ -79,12 +84,12 @@ def pack_pair_panel_words(pairs, out_channels):
     """pack_pair_panel for one group, one tap and an even K (a linear layer): the weight
     viewed as uint16 [OC, K / 2] holds each panel word's two int8, so packing is a 16-bit
     transpose (16 words of a row at a time, int_gemm._transpose_words) that widens each word
-    to two int16. Returns the int16 panel [blocks][K / 2][64][2], zero past the real
+    to two int16. Returns the int16 panel [blocks][segments][K / 2][16][2], zero past the real
     channels."""
     blocks = -(-out_channels // NR)
     panel = np.empty(blocks * pairs.shape[1] * NR, np.uint32)
     for block in prange(blocks):
-        _transpose_words(pairs, out_channels, block, _pair_word, panel)
+        _transpose_words(pairs, out_channels, block, _pair_word, panel, SEGMENT_CHANNELS)
     return panel.view(np.int16)
 
 

@@ -195,3 +195,19 @@ def test_conv_pair_panel_layout(out_channels, groups, group_channels, taps):
     want = want.transpose(0, 1, 2, 6, 4, 3, 5).reshape(-1)
     got = pair_gemm.pack_pair_panel(w, groups, group_channels, taps, channels_padded)
     assert got.dtype == np.int16 and np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("length", [0, 1, 7, 8, 9, 4095, 4096, 4103, 70001])
+def test_same_bytes_sees_any_one_changed_byte(length):
+    """The cache's comparison (8-byte words, then the tail) against numpy's: equal copies are
+    equal, and one flipped bit anywhere (the first and last word, the tail) is a difference."""
+    from intunlearn.kernels.cpu import int_gemm
+
+    rng = np.random.default_rng(length)
+    a = rng.integers(0, 256, length).astype(np.uint8)
+    assert int_gemm.same_bytes(a, a.copy())
+    for position in sorted({0, length // 2, length - 8, length - 1} - {-8, -1, -7}):
+        if 0 <= position < length:
+            b = a.copy()
+            b[position] ^= 0x40
+            assert not int_gemm.same_bytes(a, b)

@@ -40,6 +40,7 @@ import torch
 from intunlearn import ops
 from intunlearn import reference as spec
 from intunlearn.backends import numba_cpu
+import vector_pipes
 from machine import cpu_model, load_average
 
 
@@ -458,6 +459,9 @@ def main():
     started = time.perf_counter()
     exactness_check(results)
     results["assembly"] = assembly_check()
+    if results["machine"]["cpu_flags"].get("avx2"):
+        # the most an exact int8 GEMM can gain over float32 on this core (vector_pipes.py)
+        results["vector_pipes"] = vector_pipes.rates()
     gemm_benchmarks(size, repeats, results)
     # K = N = 8192: 64 MB of int8 weights, more than the last-level cache of most CPUs (32 MB
     # here), as for a network whose layers together exceed it; 4096 (16 MB) stays in this L3.
@@ -504,6 +508,9 @@ def print_table(results):
     print(f"\none thread each: intunlearn int8 {one['seconds']['intunlearn int8 (exact)'] * 1e3:.2f} ms, "
           f"torch.mm f32 {one['seconds']['torch.mm float32'] * 1e3:.2f} ms: "
           f"{one['speedup_vs_torch_mm_f32']:.2f}x")
+    if "vector_pipes" in results:
+        print(f"ceiling of an exact int8 GEMM over float32 on this core (vpmaddwd + vpaddd "
+              f"against FMA, vector_pipes.py): {results['vector_pipes']['int8_over_f32_ceiling']:.2f}x")
     print(f"int4 / int8 speed: {results['gemm']['int4_speedup_vs_int8']:.2f}x")
     for row in results["int4"]:
         print(f"int4 / int8 speed, M x N x K = {'x'.join(map(str, row['shape']))}: "

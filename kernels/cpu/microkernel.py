@@ -198,6 +198,12 @@ def _emit_requantize(builder, results, out, qparams, qstride, single_rounding, z
     double rounding (TFLite default, gemmlowp):
         x = acc << max(shift, 0)                              (wrapping int32)
         q = (x * m + (x * m >= 0 ? 2**30 : 1 - 2**30)) / 2**31, truncated toward zero (int64)
+          = floor((x * m + 2**30) / 2**31)                    (for a negative v = x * m + 1 - 2**30,
+            trunc(v / 2**31) = ceil(v / 2**31) = floor((v + 2**31 - 1) / 2**31): one formula
+            for both signs, ties toward +infinity as gemmlowp)
+          = low 32 bits of (x * m + 2**30) >>> 31             (a logical shift: bits 31..62 of
+            the int64 are the same whichever way the top is filled; AVX2 has no 64-bit
+            arithmetic shift, and this form needs no sign select)
             (x = m = INT32_MIN cannot occur: multipliers are validated non-negative)
         e = max(-shift, 0); mask = 2**e - 1
         q = (q >> e) + ((q & mask) > (mask >> 1) + (q < 0))   (round half away from zero)
@@ -236,11 +242,7 @@ def _emit_requantize(builder, results, out, qparams, qstride, single_rounding, z
     def double_rounding(acc, multiplier, shift):
         x = builder.shl(acc, smax(shift, zero))
         product = builder.mul(builder.sext(x, v64), builder.sext(multiplier, v64))
-        negative = builder.icmp_signed("<", product, const64(0))
-        nudge = builder.select(negative, const64(1 - (1 << 30)), const64(1 << 30))
-        v = builder.add(product, nudge)
-        bias = builder.and_(builder.ashr(v, const64(63)), const64((1 << 31) - 1))
-        q = builder.trunc(builder.ashr(builder.add(v, bias), const64(31)), v32)
+        q = builder.trunc(builder.lshr(builder.add(product, const64(1 << 30)), const64(31)), v32)
         exponent = smax(builder.sub(zero, shift), zero)
         mask = builder.sub(builder.shl(const32(1), exponent), const32(1))
         threshold = builder.add(builder.ashr(mask, const32(1)),

@@ -41,7 +41,7 @@ from intunlearn import ops
 from intunlearn import reference as spec
 from intunlearn.backends import numba_cpu
 import vector_pipes
-from machine import cpu_model, load_average
+from machine import cpu_model, load_average, unused_result_path
 
 
 def best_times(fns, repeats):
@@ -475,8 +475,8 @@ def main():
     results["targets"] = targets(results)
     results["wall_seconds"] = time.perf_counter() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / (f"numba-cpu-{results['machine']['intunlearn_kernel']}-"
-                       f"{datetime.date.today().isoformat()}{'-quick' if args.quick else ''}.json")
+    path = unused_result_path(args.out, f"numba-cpu-{results['machine']['intunlearn_kernel']}-"
+                                        f"{datetime.date.today().isoformat()}{'-quick' if args.quick else ''}")
     path.write_text(json.dumps(results, indent=2))
     print_table(results)
     print(f"wrote {path}")

@@ -23,3 +23,17 @@ def load_average() -> list[float] | None:
         return list(os.getloadavg())
     except OSError:
         return None
+
+
+def unused_result_path(folder, stem: str):
+    """folder/stem.json, or stem-b.json, stem-c.json, ... whichever does not exist yet: a run
+    never overwrites the record of an earlier one (the README links them by name)."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    for suffix in [""] + [f"-{chr(letter)}" for letter in range(ord("b"), ord("z") + 1)]:
+        path = folder / f"{stem}{suffix}.json"
+        if not path.exists():
+            return path
+    raise FileExistsError(f"{folder}: {stem}.json and its suffixes -b ... -z all exist; "
+                          f"move some away or pass another output folder")

@@ -123,14 +123,15 @@ def linear_rows_pairs(x, input_zero_point, channels_padded):
     """A linear layer's rows int8 [N, K] -> the GEMM's int16 image [N][Kp] of x - z_x (the
     K padding 0), a row per work item."""
     rows, length = x.shape
-    out = np.zeros(rows * channels_padded, np.int16)
+    out = np.empty((rows, channels_padded), np.int16)  # not zeroed: every element is written
     z = np.int16(input_zero_point)
     for r in prange(rows):
-        target = out[r * channels_padded:r * channels_padded + length]
-        source = x[r]
+        source, target = x[r], out[r]
         for k in range(length):
             target[k] = np.int16(source[k]) - z
-    return out
+        for k in range(length, channels_padded):
+            target[k] = 0
+    return out.reshape(-1)
 
 
 @njit(cache=True, nogil=True, inline="always")

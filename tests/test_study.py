@@ -185,3 +185,27 @@ def test_the_cli_runs_ulira_after_the_study(tmp_path, capsys):
     assert results["settings"]["shadows"] == 5 and results["settings"]["pool_size"] == 30
     assert {(r["method"], r["pipeline"]) for r in results["rows"]} == {
         (m, "integer") for m in ("original", "retrain", "ft")}
+
+
+def test_a_tuned_study_reports_each_seeds_chosen_learning_rate(tmp_path):
+    """--tune: report.md and results.json show, per pipeline x method x seed, the learning rate
+    the unit's own diagnostics say was chosen; untuned studies print no such table."""
+    study = small_study(base=tiny_config(methods=("retrain", "ft"), tune=(0.5, 2.0)), pipelines=("integer",))
+    results = run_study(study, tmp_path / "out", tmp_path / "cache", data=tiny_dataset())
+    chosen = {}
+    for unit_dir in sorted((tmp_path / "out" / "units").iterdir()):
+        unit = json.loads((unit_dir / "results.json").read_text())
+        row = next(r for r in unit["rows"] if r["method"] == "ft")
+        chosen[unit["config"]["seed"]] = row["tune"]["chosen_lr"]
+    entry = next(e for e in results["summary"] if e["method"] == "ft")
+    assert entry["method_lr"] == {"per_seed": [chosen[0], chosen[1]], "tuned": True}
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "## Learning rates chosen by --tune" in report
+    assert f"| integer | ft | {chosen[0]:.3g} | {chosen[1]:.3g} |" in report
+    retrain = next(e for e in results["summary"] if e["method"] == "retrain")
+    assert retrain["method_lr"] is None
+
+    untuned = run_study(small_study(pipelines=("integer",)), tmp_path / "plain", tmp_path / "cache",
+                        data=tiny_dataset())
+    assert "Learning rates chosen" not in (tmp_path / "plain" / "report.md").read_text()
+    assert all(not (e["method_lr"] or {}).get("tuned") for e in untuned["summary"])

@@ -151,7 +151,8 @@ def tidy_rows(units: dict[Unit, dict]) -> list[dict]:
                              "as_unlearned": evaluation == unit.pipeline,
                              **{m: values[m] for m in metrics}, "gap": values["gap"],
                              "gap_to_integer_retrain": gap_integer,
-                             "update_steps": row.get("update_steps"), "seconds": row["seconds"]})
+                             "update_steps": row.get("update_steps"), "seconds": row["seconds"],
+                             "method_lr": row.get("lr"), "tuned": "tune" in row})
     return rows
 
 
@@ -189,6 +190,7 @@ def summarise_rows(study: StudyConfig, rows: list[dict], metric_names: list[str]
                 entry[metric] = {"as_unlearned": _estimate(unlearned), "deployed": _estimate(deployed)}
                 if metric in metrics:
                     entry[metric]["shift"] = _shift(unlearned, deployed)
+            entry["method_lr"] = _learning_rates(study, rows, pipeline, lr, method)
             summary.append(entry)
         candidates = {m: per_seed(m, DEPLOYED, "gap") for m in methods if m not in BASELINES}
         complete = {m: v for m, v in candidates.items() if all(x is not None for x in v)}
@@ -200,6 +202,18 @@ def summarise_rows(study: StudyConfig, rows: list[dict], metric_names: list[str]
             "metrics": metrics, "methods": methods, "rows": rows, "summary": summary, "best": best,
             "pipeline_comparisons": _pipeline_comparisons(study, rows, methods),
             "machine": machine}
+
+
+def _learning_rates(study, rows, pipeline, unlearn_lr, method) -> dict | None:
+    """The learning rate `method` ran with in each seed (its default, --unlearn-lr, or the one
+    --tune chose) and whether it was tuned; None for methods without one (original, retrain)."""
+    used = {r["seed"]: (r.get("method_lr"), bool(r.get("tuned"))) for r in rows
+            if r["pipeline"] == pipeline and r["unlearn_lr"] == unlearn_lr and r["method"] == method
+            and r["evaluation"] == pipeline}
+    per_seed = [used.get(seed, (None, False)) for seed in study.seeds]
+    if all(lr is None for lr, _ in per_seed):
+        return None
+    return {"per_seed": [lr for lr, _ in per_seed], "tuned": any(tuned for _, tuned in per_seed)}
 
 
 def _shift(unlearned, deployed) -> dict | None:

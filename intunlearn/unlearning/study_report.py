@@ -17,7 +17,7 @@ def write_tidy_csv(path, results: dict) -> None:
     """One row per seed x pipeline x lr x method x evaluation."""
     buffer = io.StringIO()
     columns = ["seed", "pipeline", "unlearn_lr", "method", "evaluation", "as_unlearned",
-               *results["metrics"], "gap_to_integer_retrain", "update_steps", "seconds"]
+               *results["metrics"], "gap_to_integer_retrain", "update_steps", "seconds", "method_lr", "tuned"]
     writer = csv.DictWriter(buffer, columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(results["rows"])
@@ -82,6 +82,7 @@ def format_report(results: dict) -> str:
                 lines += ["", f"Closest to retrain as deployed (paired 95% intervals against every other "
                               f"method): **{best[(pipeline, lr)]}**."]
             lines.append("")
+    lines += _learning_rate_lines(results)
     comparisons = results["pipeline_comparisons"]
     if comparisons:
         lines += ["## Pipelines compared: gap as deployed, paired by seed", "",
@@ -96,6 +97,23 @@ def format_report(results: dict) -> str:
     machine = results["machine"]
     lines.append(f"Machine: {machine.get('platform')}, torch {machine.get('torch')}.")
     return "\n".join(lines)
+
+
+def _learning_rate_lines(results: dict) -> list[str]:
+    """A table of the learning rate each method ran with, per seed, where any was tuned
+    (--tune); without tuning every seed runs the method's default (or --unlearn-lr), stated in
+    results.json."""
+    entries = [e for e in results["summary"] if (e.get("method_lr") or {}).get("tuned")]
+    if not entries:
+        return []
+    seeds = results["study"]["seeds"]
+    lines = ["## Learning rates chosen by --tune (per seed)", "",
+             "| pipeline | method | " + " | ".join(f"seed {seed}" for seed in seeds) + " |",
+             "|" + " --- |" * (2 + len(seeds))]
+    for entry in entries:
+        cells = ["-" if lr is None else f"{lr:.3g}" for lr in entry["method_lr"]["per_seed"]]
+        lines.append(f"| {entry['pipeline']} | {entry['method']} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def write_report(path, results: dict) -> None:

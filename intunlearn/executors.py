@@ -33,12 +33,13 @@ RAY_HINT = 'the ray executor needs Ray: pip install "intunlearn[distributed]" (o
 
 TaskFunction = Callable[[Any, Any], Any]  # function(shared, task) -> plain data
 
-# The settings of a local Ray that RayExecutor starts itself (a cluster joined by its address
-# keeps its own). worker_niceness: Ray starts its workers at niceness 15, below every other
-# process of the user; on a machine with anything else running, the study's tasks then get the
-# cores only when nothing else wants them (the local executor computes at the user's own
-# priority). 0: the workers run at the niceness of the command that started the run.
-LOCAL_RAY_CONFIG = {"worker_niceness": 0}
+# The environment of the workers of a local Ray that RayExecutor starts itself (a cluster
+# joined by its address keeps its own settings). Ray starts its workers at niceness 15, below
+# every other process of the user: on a machine with anything else running, the study's tasks
+# get the cores only when nothing else wants them, while the local executor computes at the
+# user's own priority. RAY_worker_niceness=0 (Ray's own setting, which its job submission uses
+# the same way) runs them at the niceness of the command that started the run.
+LOCAL_WORKER_ENV = {"RAY_worker_niceness": "0"}
 
 
 def _positive_int(name: str, value) -> int:
@@ -133,10 +134,11 @@ class RayExecutor:
         if not ray.is_initialized():
             # Workers must sleep between parallel regions like this process (intunlearn.threads).
             env = {name: os.environ[name] for name in compute_threads.WAIT_VARIABLES if name in os.environ}
+            if address is None:
+                env.update(LOCAL_WORKER_ENV)
             ray.init(address=address, num_cpus=num_cpus if address is None else None,
                      include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                     runtime_env={"env_vars": env} if env else None,
-                     _system_config=LOCAL_RAY_CONFIG if address is None else None)
+                     runtime_env={"env_vars": env} if env else None)
             self._started = True
         available = ray.cluster_resources().get("CPU", 0)
         if available < self.threads:

@@ -107,9 +107,9 @@ def _run_task(function: TaskFunction, shared, task, threads: int):
 class RayExecutor:
     """Run tasks as Ray tasks, `cpus_per_task` CPUs (and threads) each, `gpus_per_task` GPUs.
 
-    address: None starts a local Ray on this machine (with `num_cpus` CPUs, default all) and
-    stops it on close(); "auto" or "HOST:PORT" joins a running cluster (`ray start --head`
-    prints the address). A task whose worker process dies (killed, out of memory, a lost node)
+    address: None starts a local Ray on this machine (with `num_cpus` CPUs, default all; its
+    workers at this process's niceness, LOCAL_WORKER_ENV) and stops it on close(); "auto" or
+    "HOST:PORT" joins a running cluster (`ray start --head` prints the address). A task whose worker process dies (killed, out of memory, a lost node)
     is run again, up to `max_retries` times; an exception raised by the function itself is not
     retried (it would raise again) and reaches the caller."""
 

@@ -109,9 +109,10 @@ class RayExecutor:
 
     address: None starts a local Ray on this machine (with `num_cpus` CPUs, default all; its
     workers at this process's niceness, LOCAL_WORKER_ENV) and stops it on close(); "auto" or
-    "HOST:PORT" joins a running cluster (`ray start --head` prints the address). A task whose worker process dies (killed, out of memory, a lost node)
-    is run again, up to `max_retries` times; an exception raised by the function itself is not
-    retried (it would raise again) and reaches the caller."""
+    "HOST:PORT" joins a running cluster (`ray start --head` prints the address). A task whose
+    worker process dies (killed, out of memory, a lost node) is run again, up to `max_retries`
+    times; an exception raised by the function itself is not retried (it would raise again) and
+    reaches the caller."""
 
     name = "ray"
     serial = False

@@ -33,6 +33,14 @@ RAY_HINT = 'the ray executor needs Ray: pip install "intunlearn[distributed]" (o
 
 TaskFunction = Callable[[Any, Any], Any]  # function(shared, task) -> plain data
 
+# The environment of the workers of a local Ray that RayExecutor starts itself (a cluster
+# joined by its address keeps its own settings). Ray starts its workers at niceness 15, below
+# every other process of the user: on a machine with anything else running, the study's tasks
+# get the cores only when nothing else wants them, while the local executor computes at the
+# user's own priority. RAY_worker_niceness=0 (Ray's own setting, which its job submission uses
+# the same way) runs them at the niceness of the command that started the run.
+LOCAL_WORKER_ENV = {"RAY_worker_niceness": "0"}
+
 
 def _positive_int(name: str, value) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -99,11 +107,12 @@ def _run_task(function: TaskFunction, shared, task, threads: int):
 class RayExecutor:
     """Run tasks as Ray tasks, `cpus_per_task` CPUs (and threads) each, `gpus_per_task` GPUs.
 
-    address: None starts a local Ray on this machine (with `num_cpus` CPUs, default all) and
-    stops it on close(); "auto" or "HOST:PORT" joins a running cluster (`ray start --head`
-    prints the address). A task whose worker process dies (killed, out of memory, a lost node)
-    is run again, up to `max_retries` times; an exception raised by the function itself is not
-    retried (it would raise again) and reaches the caller."""
+    address: None starts a local Ray on this machine (with `num_cpus` CPUs, default all; its
+    workers at this process's niceness, LOCAL_WORKER_ENV) and stops it on close(); "auto" or
+    "HOST:PORT" joins a running cluster (`ray start --head` prints the address). A task whose
+    worker process dies (killed, out of memory, a lost node) is run again, up to `max_retries`
+    times; an exception raised by the function itself is not retried (it would raise again) and
+    reaches the caller."""
 
     name = "ray"
     serial = False
@@ -126,6 +135,8 @@ class RayExecutor:
         if not ray.is_initialized():
             # Workers must sleep between parallel regions like this process (intunlearn.threads).
             env = {name: os.environ[name] for name in compute_threads.WAIT_VARIABLES if name in os.environ}
+            if address is None:
+                env.update(LOCAL_WORKER_ENV)
             ray.init(address=address, num_cpus=num_cpus if address is None else None,
                      include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                      runtime_env={"env_vars": env} if env else None)

@@ -113,6 +113,20 @@ def test_a_task_whose_worker_is_killed_runs_again_with_the_same_result(tmp_path)
         assert results[index]["entry"]["metrics"] == expected[index]["entry"]["metrics"]
 
 
+def niceness(shared, task):
+    return os.nice(0)  # adds 0: reads this process's niceness
+
+
+def test_a_local_rays_tasks_run_at_the_callers_priority():
+    """Ray starts its workers at niceness 15 unless told otherwise: next to any other job they
+    would get the cores last, while the local executor computes at the caller's niceness."""
+    from intunlearn.executors import RayExecutor
+
+    with RayExecutor(num_cpus=2, cpus_per_task=1) as executor:
+        seen = dict(executor.map_unordered(niceness, [0, 1]))
+    assert seen == {0: os.nice(0), 1: os.nice(0)}
+
+
 def test_without_ray_the_ray_executor_says_how_to_install_it(monkeypatch, capsys, tmp_path):
     from intunlearn import cli
 

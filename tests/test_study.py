@@ -99,6 +99,21 @@ def test_a_killed_study_resumes_without_redoing_finished_units(tmp_path, monkeyp
     assert numbers(resumed) == numbers(fresh)
 
 
+def test_work_is_handed_out_originals_first_and_forget_only_methods_last():
+    """Originals first (every method needs its experiment's), then the retrains, then the
+    methods, gradient ascent and boundary shrink (which train on the forget set alone, the
+    shortest tasks) last, so that parallel workers do not end on a long task."""
+    from intunlearn.unlearning.engine import _task_order
+
+    class Unit:  # what _task_order reads of the driver's state of an experiment
+        def remaining(self):
+            return ["original", "ga", "ft", "retrain", "bs", "qmul"]
+
+    assert _task_order([Unit(), Unit()]) == [
+        (0, "original"), (1, "original"), (0, "retrain"), (1, "retrain"),
+        (0, "ft"), (0, "qmul"), (1, "ft"), (1, "qmul"), (0, "ga"), (0, "bs"), (1, "ga"), (1, "bs")]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--seeds", "0"], "must be a count N >= 1"),
     (["--seeds", "1,1"], "distinct"),

@@ -728,10 +728,20 @@ class _Unit:
 def _task_order(units: list[_Unit]) -> list[tuple[int, str]]:
     """(unit index, method) in the order the work is handed out: every experiment's original
     first, then every retrain, then the other methods, so that parallel workers train different
-    models instead of waiting for the same one."""
+    models instead of waiting for the same one; the methods that train on the forget set alone
+    (guarded: a budget of a few steps) last. They are the shortest tasks, so parallel workers
+    finish close together; with a long task handed out last, the other workers sit idle while
+    it runs (2.3 s of a 40 s study on two workers, its last Q-MUL)."""
     work = [(index, name) for index, unit in enumerate(units) for name in unit.remaining()]
-    rank = {ORIGINAL: 0, "retrain": 1}
-    return sorted(work, key=lambda item: rank.get(item[1], 2))
+    return sorted(work, key=lambda item: _phase(item[1]))
+
+
+def _phase(name: str) -> int:
+    """Where a task of method `name` comes in _task_order: 0 the original, 1 the retrain, 2 the
+    methods that train on the retain set, 3 those that train on the forget set alone."""
+    if name in (ORIGINAL, "retrain"):
+        return (ORIGINAL, "retrain").index(name)
+    return 3 if get_method(name).guarded else 2
 
 
 def run_units(plans: list[UnitPlan], cache_dir, data=None, executor=None, out=None) -> list[dict]:

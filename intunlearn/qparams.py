@@ -15,6 +15,7 @@ included) gets the torch formulation.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -50,19 +51,32 @@ def _host_kernels(backend: str, device: torch.device):
 # (assume_constant_result), so the derived integers are constants of the graph too.
 
 
-@torch.compiler.assume_constant_result
+def _constant_result(fn):
+    """torch.compiler.assume_constant_result(fn) without importing Dynamo when intunlearn is
+    imported (1.5 s of every process's start, Ray workers' included, where nothing compiles).
+    That decorator imports torch._dynamo and only marks the function with the attribute Dynamo
+    reads when it traces a call; the same mark is set here until Dynamo is loaded, after which
+    the public decorator is used. tests/test_qparams.py checks that both mark a function alike,
+    and the fullgraph compile tests fail if Dynamo stops honouring the mark."""
+    if "torch._dynamo" in sys.modules:
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_constant_result
 def round_half_away_scalar(value: float) -> int:
     """The spec's round half away from zero of one Python float, as a Python int."""
     return int(spec.round_half_away_from_zero(value))
 
 
-@torch.compiler.assume_constant_result
+@_constant_result
 def round_to_float32(value: float) -> float:
     """The float32 nearest to a Python float (ties to even), as torch.tensor(value) stores it."""
     return float(np.float32(value))
 
 
-@torch.compiler.assume_constant_result
+@_constant_result
 def quantize_multiplier_scalar(real: float) -> tuple[int, int]:
     """The spec's QuantizeMultiplier of one Python float: (multiplier, shift) as Python ints."""
     try:

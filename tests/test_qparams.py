@@ -199,3 +199,26 @@ def test_scalar_round_half_away_matches_the_tensor_version(value):
        | st.integers(1, 2**24 - 1).map(lambda n: (n + 0.5) * 2.0**-20))  # float32 ties
 def test_round_to_float32_is_what_a_float32_tensor_stores(value):
     assert qparams.round_to_float32(value) == torch.tensor(value, dtype=torch.float32).item()
+
+
+def test_the_scalar_helpers_carry_the_mark_torch_compilers_decorator_sets():
+    """qparams marks its trace-time constants without importing Dynamo; the mark must be the
+    one torch.compiler.assume_constant_result itself sets (compared on a fresh function)."""
+    import torch._dynamo  # noqa: F401 - what the public decorator needs
+
+    def probe():
+        return 0
+
+    mark = dict(vars(torch.compiler.assume_constant_result(probe)))
+    assert mark, "assume_constant_result no longer marks the function: see qparams._constant_result"
+    for helper in (qparams.round_half_away_scalar, qparams.round_to_float32, qparams.quantize_multiplier_scalar):
+        assert {name: getattr(helper, name, None) for name in mark} == mark, helper.__name__
+
+
+def test_importing_intunlearn_does_not_load_dynamo():
+    import subprocess
+    import sys
+
+    code = "import sys, intunlearn.cli, intunlearn.qparams; print('torch._dynamo' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"

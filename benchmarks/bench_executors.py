@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_model, load_average
+from machine import cpu_model, load_average, unused_result_path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STUDY = "--seeds 2 --pipelines fake,integer"
@@ -97,7 +97,7 @@ def main() -> int:
                     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")},
     }
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"executors-{datetime.date.today().isoformat()}.json"
+    path = unused_result_path(RESULTS, f"executors-{datetime.date.today().isoformat()}")
     path.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({k: report[k] for k in ("best_seconds", "speedup_vs_local", "ray_models_equal_local_1")},
                      indent=2))

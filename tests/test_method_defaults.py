@@ -5,34 +5,28 @@ of test_unlearning."""
 import copy
 import dataclasses
 import json
-from functools import lru_cache
 
 import pytest
 import torch
-from test_unlearning import blobs, tiny_config, tiny_dataset, tiny_trained_model
+from test_unlearning import tiny_config, tiny_dataset, tiny_problem, tiny_task
 
 from intunlearn.cli import main
 from intunlearn.unlearning import training
 from intunlearn.unlearning.engine import ExperimentConfig, progress_checksum, run_experiment
-from intunlearn.unlearning.forget import forget_mask, parse_forget
 from intunlearn.unlearning.methods import UnlearnTask, base, get_method
 
 # ---- helpers -------------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1)
+FORGET = "random:0.2"
+
+
 def problem():
-    data = tiny_dataset()
-    mask = forget_mask(parse_forget("random:0.2", 4), data.y_train, seed=0)
-    return data, mask, tiny_trained_model(data.x_train, data.y_train)
+    return tiny_problem(FORGET)
 
 
 def random_task(**options):
-    data, mask, _ = problem()
-    values = dict(batch_size=32)
-    values.update(options)
-    return UnlearnTask(data.x_train[mask], data.y_train[mask], data.x_train[~mask], data.y_train[~mask], 4,
-                       "random", 0, retrain_from_scratch=None, **values)
+    return tiny_task(FORGET, **options)
 
 
 def original():

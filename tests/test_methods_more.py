@@ -2,15 +2,13 @@
 test_unlearning: class-wise forgetting, each method's own mechanism, and TRW's forget-mode check."""
 
 import copy
-from functools import lru_cache
 
 import pytest
 import torch
-from test_unlearning import tiny_dataset, tiny_trained_model
+from test_unlearning import tiny_problem, tiny_task
 
 from intunlearn.unlearning.engine import ExperimentConfig, run_experiment
-from intunlearn.unlearning.forget import forget_mask, parse_forget
-from intunlearn.unlearning.methods import METHODS, UnlearnTask, get_method
+from intunlearn.unlearning.methods import METHODS, get_method
 from intunlearn.unlearning.methods.amun import amun_adversarial_examples
 from intunlearn.unlearning.methods.salun import saliency_mask
 from intunlearn.unlearning.methods.trw import target_distribution
@@ -24,17 +22,15 @@ NEW_METHODS = ("salun", "l1sparse", "bs", "amun", "trw")
 TINY_BUDGETS = {"l1sparse": {"epochs": 8, "lr": 0.05}, "salun": {"epochs": 10}}
 
 
-@lru_cache(maxsize=1)
-def tiny_problem():
-    data = tiny_dataset()
-    mask = forget_mask(parse_forget("class:2", 4), data.y_train, seed=0)
-    return data, mask, tiny_trained_model(data.x_train, data.y_train)
+FORGET = "class:2"
+
+
+def classwise_problem():
+    return tiny_problem(FORGET)
 
 
 def classwise_task(**budget):
-    data, mask, _ = tiny_problem()
-    return UnlearnTask(data.x_train[mask], data.y_train[mask], data.x_train[~mask], data.y_train[~mask], 4,
-                       "class", 0, retrain_from_scratch=None, batch_size=32, **budget)
+    return tiny_task(FORGET, **budget)
 
 
 def accuracy(model, x, y):
@@ -51,7 +47,7 @@ def test_the_methods_are_registered():
 
 @pytest.mark.parametrize("name", NEW_METHODS)
 def test_each_method_forgets_a_class_and_keeps_the_rest(name):
-    _, _, original = tiny_problem()
+    _, _, original = classwise_problem()
     task = classwise_task(**TINY_BUDGETS.get(name, {}))
     method = get_method(name)
     unlearned = method.unlearn(copy.deepcopy(original), task)
@@ -92,7 +88,7 @@ def test_gradient_mask_freezes_entries_under_weight_decay_and_momentum():
 
 
 def test_amun_finds_adversarial_examples_on_the_tiny_model():
-    _, _, model = tiny_problem()
+    _, _, model = classwise_problem()
     task = classwise_task()
     x, y = task.x_forget[:12], task.y_forget[:12]
     epsilon, cap = 0.02, 6
@@ -124,7 +120,7 @@ def test_trw_target_distribution():
 
 
 def test_trw_refuses_random_forgetting(tmp_path):
-    data, _, _ = tiny_problem()
+    data, _, _ = classwise_problem()
     with pytest.raises(ValueError, match=r"method 'trw' supports forget modes \('class',\), not 'random'"):
         run_experiment(ExperimentConfig(dataset="blobs", model="mlp", width=16, forget="random:0.2",
                                         methods=("ft", "trw")), tmp_path / "out", tmp_path / "cache", data=data)

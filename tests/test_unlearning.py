@@ -4,6 +4,7 @@ formulas, methods on a tiny problem, determinism, resuming, and errors."""
 import copy
 import json
 import math
+from functools import lru_cache
 
 import numpy as np
 import pytest
@@ -91,6 +92,23 @@ def tiny_trained_model(x, y, seed=0):
     train(model, x, y, TrainConfig(30, 0.05, 32), seed=seed, desc="tiny float")
     model = intunlearn.quantize(model, weight_bits=4, calibration=x)
     return train(model, x, y, TrainConfig(3, 0.005, 32), seed=seed, desc="tiny qat")
+
+
+@lru_cache(maxsize=None)
+def tiny_problem(forget: str):
+    """(data, forget mask of `forget` at seed 0, the model trained on all of it), shared between
+    tests: copy the model before changing it."""
+    data = tiny_dataset()
+    mask = forget_mask(parse_forget(forget, 4), data.y_train, seed=0)
+    return data, mask, tiny_trained_model(data.x_train, data.y_train)
+
+
+def tiny_task(forget: str, **options):
+    """The UnlearnTask of `forget` on the tiny problem (batch size 32 unless `options` say)."""
+    data, mask, _ = tiny_problem(forget)
+    options = {"batch_size": 32, **options}
+    return UnlearnTask(data.x_train[mask], data.y_train[mask], data.x_train[~mask], data.y_train[~mask], 4,
+                       parse_forget(forget, 4).mode, 0, retrain_from_scratch=None, **options)
 
 
 # 160 samples make few steps per epoch: the fine-tuning-like methods and gradient ascent get a

@@ -286,3 +286,40 @@ def test_numba_qlinear_empty_shapes_match_reference(bits, rows, out_features):
                   shift=torch.tensor([0], dtype=torch.int32))
     got, want = _both(ops.qlinear, torch.zeros((rows, 10), dtype=torch.int8), w, None, **params)
     assert got.shape == want.shape == (rows, out_features) and got.dtype == torch.int8
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(1, 5000), row_blocks=st.integers(1, 64))
+def test_gemm_items_cover_every_row_once_in_near_equal_tiles(rows, row_blocks):
+    """The GEMM driver's work items (int_gemm.item_rows): in order, disjoint, covering rows
+    0..rows-1, starting on register-tile boundaries, and holding ceil(rows / MR) tiles spread
+    so that no item has two tiles more than another."""
+    from intunlearn.kernels.cpu import int_gemm
+    from intunlearn.kernels.cpu.microkernel import MR
+    tiles = -(-rows // MR)
+    assume(row_blocks <= tiles)
+    ranges = [int_gemm.item_rows(block, row_blocks, rows) for block in range(row_blocks)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == rows
+    for (_, end), (begin, _) in zip(ranges, ranges[1:]):
+        assert end == begin and begin % MR == 0
+    item_tiles = [-(-(end - begin) // MR) for begin, end in ranges]
+    assert sum(item_tiles) == tiles
+    assert max(item_tiles) - min(item_tiles) <= 1
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("rows", [1, 7, 100, 512, 1024, 1000, 8192])
+def test_gemm_work_split_gives_every_thread_equal_items(monkeypatch, threads, rows):
+    """Row items come in a multiple of the thread count once there are at least as many as
+    threads (so that threads claiming one item at a time finish together), never more items
+    than register tiles; with fewer row items than ITEMS_PER_THREAD per thread the output
+    channels are split instead."""
+    from intunlearn.backends import numba_cpu
+    from intunlearn.kernels.cpu.microkernel import MR
+    monkeypatch.setattr(numba_cpu, "_threads", lambda: threads)
+    row_blocks, channel_splits = numba_cpu._work_split(rows, 1, 16)
+    assert 1 <= row_blocks <= -(-rows // MR)
+    if row_blocks >= threads:
+        assert row_blocks % threads == 0 or row_blocks == -(-rows // MR)
+    assert (row_blocks * channel_splits >= numba_cpu.ITEMS_PER_THREAD * threads
+            or channel_splits == 16)

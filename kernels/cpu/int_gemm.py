@@ -79,7 +79,7 @@ ISA_AVX2 = 3       # vpmaddwd on int16 pair panels (pack_pair_panel) and an int1
 ISA_AVXVNNI = 4    # AVX-VNNI vpdpbusd on ymm, int8 panels as ISA_VNNI
 ISA_SDOT = 5       # aarch64 sdot on int8 panels; its accumulator is sum w x, not sum w (x + 128)
 INT4_K_STEP = 2 * K_GROUP  # k values per int4 panel word (channels are padded to a multiple)
-ROW_BLOCK = 192  # rows per work item (multiple of MR) when there are enough rows
+ROW_BLOCK = 192  # rows per work item (at most, about) when there are enough rows
 
 
 def padded(length: int, multiple: int) -> int:
@@ -440,10 +440,21 @@ def _requantize_raw_tile(tile, out, row_start, row_count, channel_start, channel
                                       act_min, act_max, single_rounding)
 
 
+@njit(cache=True, nogil=True)
+def item_rows(row_block, row_blocks, rows):
+    """Rows [begin, end) of work item `row_block` of `row_blocks`: the ceil(rows / MR)
+    register tiles spread as evenly as whole tiles allow (sizes differ by at most one tile),
+    in order, every row in exactly one item."""
+    tiles = -(-rows // MR)
+    begin = MR * (row_block * tiles // row_blocks)
+    end = min(MR * ((row_block + 1) * tiles // row_blocks), rows)
+    return begin, end
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv_geometry,
                  qparams, epilogue, correction, row_correction, multiplier, shift, out, params,
-                 rows_per_block, channel_splits, fused, isa, threads):
+                 row_blocks, channel_splits, fused, isa, threads):
     """Grouped convolution (linear = 1x1 convolution of 1x1 images) with fused requantization.
 
     image: uint8 flat [N][Hp][Wp][G][Cgp] (pad_nhwc); panel: pack_weight_panel's; tap_offsets
@@ -460,6 +471,9 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
     groups_per_tap counting pairs of k-groups, ISA_VNNI_INT4. ISA_AVX2 reads an int16 image
     (pad_nhwc_pairs) and pack_pair_panel's panel through byte views: image_geometry's Cgp
     and the tap offsets count bytes, groups_per_tap counts k-pairs.
+    row_blocks, channel_splits: the work items, row ranges x channel ranges. The rows' register
+    tiles are spread over the row_blocks as evenly as whole tiles allow (sizes differ by at most
+    one tile), so that threads taking equal numbers of items finish together.
     threads: Numba's thread count (a worker each, claiming work items one at a time)."""
     height_padded, width_padded, groups, channels_padded = image_geometry
     stride_h, stride_w, out_w = conv_geometry
@@ -469,7 +483,6 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
     blocks = -(-group_rows // NR)
     block_size = tap_offsets.shape[0] * groups_per_tap * NR * K_GROUP
     pixel = groups * channels_padded
-    row_blocks = -(-rows // rows_per_block)
     blocks_per_split = -(-blocks // channel_splits)
     items = row_blocks * groups * channel_splits
     # Items are claimed one at a time from a shared counter (dynamic scheduling): a thread
@@ -485,8 +498,7 @@ def conv_requant(image, panel, tap_offsets, groups_per_tap, image_geometry, conv
             row_block = item // (groups * channel_splits)
             g = (item // channel_splits) % groups
             split = item % channel_splits
-            row_begin = row_block * rows_per_block
-            row_end = min(row_begin + rows_per_block, rows)
+            row_begin, row_end = item_rows(row_block, row_blocks, rows)
             for block in range(split * blocks_per_split, min((split + 1) * blocks_per_split, blocks)):
                 panel_start = (g * blocks + block) * block_size
                 channel_start = g * group_rows + block * NR

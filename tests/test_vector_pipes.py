@@ -30,4 +30,6 @@ def test_rates_are_those_of_real_loops():
     assert all(0.05 < rate < 30 for rate in per_ns.values()), per_ns
     # The madd+add loop issues the madd loop's multiplies and more: never meaningfully faster.
     assert per_ns["madd+add"] < 1.3 * per_ns["madd"], per_ns
+    # The mixed loop's products per ns over the madd+add loop's: a ratio of two real rates.
+    assert 0.2 < result["mixed_over_madd_add"] < 3, result
     assert result["int8_over_f32_ceiling"] == pytest.approx(16 * per_ns["madd+add"] / (8 * per_ns["fma"]))

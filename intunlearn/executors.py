@@ -22,6 +22,7 @@ Ray is an optional dependency: `pip install "intunlearn[distributed]"`.
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any, Callable, Iterator, Sequence
 
 from tqdm import tqdm
@@ -97,6 +98,23 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
+def _check_cluster_address(address: str, timeout: float = 5.0) -> None:
+    """`address` is "auto", HOST:PORT or ray://HOST:PORT, and something answers at HOST:PORT.
+    Without this check ray.init retries an unreachable address for ~20 s of warnings and then
+    raises a ConnectionError with a traceback."""
+    if address == "auto":
+        return
+    host, separator, port = address.removeprefix("ray://").rpartition(":")
+    if not (separator and host and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"the Ray address (--ray-address) must be 'auto', HOST:PORT or "
+                         f"ray://HOST:PORT, got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise ValueError(f"no Ray cluster answers at --ray-address {address} ({error}); start one "
+                         f"with `ray start --head` and pass the address it prints") from None
+
+
 def _run_task(function: TaskFunction, shared, task, threads: int):
     """What a Ray worker runs: set the compute threads to the CPUs Ray gave the task, then
     the function."""
@@ -137,9 +155,15 @@ class RayExecutor:
             env = {name: os.environ[name] for name in compute_threads.WAIT_VARIABLES if name in os.environ}
             if address is None:
                 env.update(LOCAL_WORKER_ENV)
-            ray.init(address=address, num_cpus=num_cpus if address is None else None,
-                     include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                     runtime_env={"env_vars": env} if env else None)
+            else:
+                _check_cluster_address(address)
+            try:
+                ray.init(address=address, num_cpus=num_cpus if address is None else None,
+                         include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                         runtime_env={"env_vars": env} if env else None)
+            except ConnectionError as error:
+                raise ValueError(f"could not join the Ray cluster at --ray-address {address}: "
+                                 f"{error}") from None
             self._started = True
         available = ray.cluster_resources().get("CPU", 0)
         if available < self.threads:
@@ -160,7 +184,7 @@ class RayExecutor:
                 while pending:
                     done, _ = ray.wait(list(pending), num_returns=1)
                     index = pending.pop(done[0])
-                    yield index, ray.get(done[0])
+                    yield index, _result(ray, done[0])
                     bar.update()
         finally:
             for ref in pending:  # the caller stopped early (an error, Ctrl-C): drop the rest
@@ -178,6 +202,18 @@ class RayExecutor:
 
     def __exit__(self, *exc_info):
         self.close()
+
+
+def _result(ray, ref):
+    """ray.get(ref), with an exception raised by the task's function re-raised as itself: Ray
+    wraps it in a RayTaskError whose message is the worker's whole traceback, where the local
+    executor's caller gets the exception (the CLI prints its one line)."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, Exception):
+            raise error.cause from error
+        raise
 
 
 def make_executor(name: str, *, cpus_per_task: int | None = None, address: str | None = None,

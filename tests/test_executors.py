@@ -117,14 +117,49 @@ def niceness(shared, task):
     return os.nice(0)  # adds 0: reads this process's niceness
 
 
-def test_a_local_rays_tasks_run_at_the_callers_priority():
+def refuse_odd(shared, task):
+    if task % 2:
+        raise ValueError(f"task {task} is odd")
+    return task
+
+
+def test_a_local_rays_tasks_run_at_the_callers_priority_and_raise_their_own_errors():
     """Ray starts its workers at niceness 15 unless told otherwise: next to any other job they
-    would get the cores last, while the local executor computes at the caller's niceness."""
+    would get the cores last, while the local executor computes at the caller's niceness. An
+    error of the task's function reaches the caller as itself (the CLI prints its one line),
+    not as Ray's wrapper whose message is the worker's traceback."""
     from intunlearn.executors import RayExecutor
 
     with RayExecutor(num_cpus=2, cpus_per_task=1) as executor:
         seen = dict(executor.map_unordered(niceness, [0, 1]))
+        with pytest.raises(ValueError) as raised:
+            dict(executor.map_unordered(refuse_odd, [1]))
     assert seen == {0: os.nice(0), 1: os.nice(0)}
+    assert type(raised.value) is ValueError and str(raised.value) == "task 1 is odd"
+
+
+def _closed_port() -> int:
+    import socket
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_an_unreachable_ray_address_is_refused_at_once():
+    import time
+    start = time.monotonic()
+    address = f"127.0.0.1:{_closed_port()}"
+    with pytest.raises(ValueError, match=f"no Ray cluster answers at --ray-address {address}"):
+        make_executor("ray", address=address)
+    assert time.monotonic() - start < 10  # ray.init alone retries for ~20 s
+    assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("address", ["localhost", "host:port", ":6379", "ray://", "10.0.0.1:0",
+                                     "10.0.0.1:70000"])
+def test_a_malformed_ray_address_is_named(address):
+    with pytest.raises(ValueError, match="must be 'auto', HOST:PORT or ray://HOST:PORT"):
+        make_executor("ray", address=address)
 
 
 def test_without_ray_the_ray_executor_says_how_to_install_it(monkeypatch, capsys, tmp_path):

@@ -91,3 +91,11 @@ def activation_range(act_min, act_max) -> None:
     integer("act_max", act_max, -128, 127)
     if act_min > act_max:
         raise ValueError(f"act_min must be <= act_max, got act_min={act_min}, act_max={act_max}")
+
+
+SEED_MAX = 2**32 - 1  # numpy's RandomState and scikit-learn's random_state take seeds in [0, 2**32)
+
+
+def seed(value, name: str = "seed") -> int:
+    """A random seed: a Python int in [0, 2**32 - 1]."""
+    return integer(name, value, 0, SEED_MAX)

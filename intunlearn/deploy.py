@@ -94,6 +94,7 @@ def load_integer_state_dict(model: torch.nn.Module, state: dict[str, torch.Tenso
     Every quantized module of the model must have its entries in the state and no other
     module may appear; each loaded layer must reproduce the stored integers (weights, bias,
     multipliers) exactly. On any error the model is left as it was."""
+    require_quantized(model, "load_integer_state_dict")
     if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
         raise TypeError(f"state must be a dict of named tensors (from integer_state_dict), got "
                         f"{type(state).__name__}")

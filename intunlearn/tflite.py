@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -650,11 +651,12 @@ class _Exporter:
 
 def _sample_shape(input_shape) -> tuple[int, ...]:
     """input_shape as a tuple of positive ints (one sample's shape, no batch dimension)."""
-    try:
-        shape = tuple(input_shape)
+    try:  # operator.index: ints of any kind (numpy's too), never floats or bools
+        shape = tuple(operator.index(v) for v in input_shape if not isinstance(v, bool))
+        shape = shape if len(shape) == len(input_shape) else None
     except TypeError:
         shape = None
-    if not shape or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape):
+    if not shape or not all(v > 0 for v in shape):
         raise ValueError(f"input_shape must be one sample's shape, a tuple of positive ints such as (1, 8, 8), "
                          f"got {input_shape!r}")
     return shape

@@ -135,7 +135,8 @@ def test_calibration_of_the_wrong_shape_is_named_with_what_the_model_takes(chann
 def test_a_float_model_is_refused_where_a_quantized_one_is_needed(tmp_path):
     path = tmp_path / "model.int.pt"
     for call in (lambda: intunlearn.save_integer_state(mlp(), path), lambda: intunlearn.set_arithmetic(mlp(), "fake"),
-                 lambda: intunlearn.integer_state_dict(mlp())):
+                 lambda: intunlearn.integer_state_dict(mlp()),
+                 lambda: intunlearn.load_integer_state_dict(mlp(), intunlearn.integer_state_dict(_MODEL))):
         with pytest.raises(ValueError, match=r"the model \(Sequential\) has no quantized layers; convert it with "
                                              r"intunlearn.quantize first"):
             call()

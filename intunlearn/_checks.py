@@ -3,6 +3,7 @@ argument and what was expected; none converts, clips or casts anything."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -93,9 +94,10 @@ def activation_range(act_min, act_max) -> None:
         raise ValueError(f"act_min must be <= act_max, got act_min={act_min}, act_max={act_max}")
 
 
-SEED_MAX = 2**32 - 1  # numpy's RandomState and scikit-learn's random_state take seeds in [0, 2**32)
-
 
 def seed(value, name: str = "seed") -> int:
-    """A random seed: a Python int in [0, 2**32 - 1]."""
-    return integer(name, value, 0, SEED_MAX)
+    """A random seed: an int (numpy's too, not a bool) in [0, 2**32), the range of numpy's
+    RandomState and of scikit-learn's random_state."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**32:
+        raise ValueError(f"{name} must be an int in [0, 2**32), got {value!r}")
+    return int(value)

@@ -349,7 +349,7 @@ def test_cli_refuses_bad_options_by_name(argv, message, capsys, tmp_path, monkey
     (["bench", "e2e", "--seed", "-1"], "seeds must be distinct integers >= 0"),
     (["bench", "e2e", "--json", "{file}/result.json"], "--json: cannot write"),
     (["bench", "e2e", "--json", "{folder}"], "is a directory"),
-    (["demo", "--seed", "-1"], "seed must lie in [0, 4294967295], got -1"),
+    (["demo", "--seed", "-1"], "seed must be an int in [0, 2**32), got -1"),
     (["demo", "--json", "{file}/demo.json"], "is a file, not a folder"),
     (["export", "{folder}", "--model", "mlp"], "output: {folder} is a directory"),
     (["export", "{file}/model.tflite", "--model", "mlp"], "output: cannot write {file}/model.tflite"),

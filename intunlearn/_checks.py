@@ -3,6 +3,7 @@ argument and what was expected; none converts, clips or casts anything."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -91,3 +92,12 @@ def activation_range(act_min, act_max) -> None:
     integer("act_max", act_max, -128, 127)
     if act_min > act_max:
         raise ValueError(f"act_min must be <= act_max, got act_min={act_min}, act_max={act_max}")
+
+
+
+def seed(value, name: str = "seed") -> int:
+    """A random seed: an int (numpy's too, not a bool) in [0, 2**32), the range of numpy's
+    RandomState and of scikit-learn's random_state."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**32:
+        raise ValueError(f"{name} must be an int in [0, 2**32), got {value!r}")
+    return int(value)

@@ -14,9 +14,10 @@ import torch
 import intunlearn
 from intunlearn.data import load_dataset
 from intunlearn.models import build_model
-from intunlearn.unlearning.engine import check_device
+from intunlearn.unlearning.engine import ExperimentConfig
 from intunlearn.unlearning.forget import forget_mask, parse_forget
-from intunlearn.unlearning.methods import UnlearnTask, get_method
+from intunlearn.unlearning.methods import METHODS, UnlearnTask, get_method
+from intunlearn.unlearning.study import StudyConfig
 from intunlearn.unlearning.training import TrainConfig, train
 
 ARITHMETICS = ("integer", "fake", "float")
@@ -59,12 +60,30 @@ def time_unlearning_epochs(model, task: UnlearnTask, method_name: str, repeats: 
     return timings
 
 
+def benchmarkable_methods() -> tuple[str, ...]:
+    """The methods with an unlearning epoch to time: those trained with a budget (retrain runs
+    the original recipe instead)."""
+    return tuple(name for name, method in METHODS.items() if method.tunable)
+
+
+def check_benchmarkable(method: str) -> None:
+    if method not in benchmarkable_methods():
+        raise ValueError(f"method (--method) {method!r} has no unlearning epoch to time"
+                         + (" (it retrains from scratch)" if method in METHODS else "")
+                         + f"; choose one of {', '.join(benchmarkable_methods())}")
+
+
 def run_e2e(*, dataset="digits", model_name="cnn", width=None, weight_bits=4, method="rl",
             forget="random:0.1", repeats=3, seed=0, device="cpu", data_root=None) -> dict:
-    # Everything that can be refused is refused before the warm-up training.
-    if repeats < 1:
-        raise ValueError(f"repeats must be >= 1, got {repeats}")
-    check_device(str(device))
+    # Everything that can be refused is refused before the warm-up training, by the checks
+    # `intunlearn run` applies to the same options.
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats must be >= 1 (an integer), got {repeats!r}")
+    config = ExperimentConfig(dataset=dataset, data_root=data_root, model=model_name, width=width,
+                              weight_bits=weight_bits, forget=forget, methods=(method,), seed=seed,
+                              device=str(device))
+    StudyConfig(base=config, seeds=(seed,), pipelines=("integer",)).validate()
+    check_benchmarkable(method)
     method_unlearner = get_method(method)
     device = torch.device(device)
     data = load_dataset(dataset, root=data_root, seed=seed)

@@ -23,8 +23,10 @@ def _add_demo(subparsers) -> None:
 
 def _run_demo(args) -> int:
     from intunlearn.demo import format_report, run_demo
-    from intunlearn.io import write_json_atomic
+    from intunlearn.io import check_output_file, write_json_atomic
 
+    if args.json:
+        check_output_file(args.json, "--json")
     result = run_demo(weight_bits=args.weight_bits, hidden=args.hidden, epochs=args.epochs,
                       seed=args.seed, backend=args.backend)
     print(format_report(result))
@@ -277,11 +279,13 @@ def _add_export(subparsers) -> None:
 def _run_export(args) -> int:
     import copy
 
+    from intunlearn.io import check_output_file
     from intunlearn.tflite import _schema, export_tflite
     from intunlearn.unlearning.engine import Experiment
     from intunlearn.unlearning.methods import get_method
 
     _schema()
+    check_output_file(args.output, "output")
     methods = (args.method,) if args.method else ("ft",)
     config = _config(args, methods, arithmetic=args.arithmetic, seed=args.seed, unlearn_lr=args.unlearn_lr)
     experiment = Experiment(_replace(config, float32_scales=True), args.cache_dir)
@@ -327,13 +331,16 @@ def _run_verify(args) -> int:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such .tflite file")
     data = path.read_bytes()
-    model = tflite.load_tflite(data)
+    model = tflite.load_tflite(data, source=str(path))
     dataset = load_dataset(args.dataset, root=args.data_root, seed=args.seed)
     shape = tuple(model.meta["tflite_input_shape"])
     if shape != tuple(dataset.input_shape):
         raise ValueError(f"{path} takes inputs of shape {shape}, the data set {args.dataset!r} has "
                          f"{tuple(dataset.input_shape)}")
     x, y = dataset.x_test[:args.samples], dataset.y_test[:args.samples]
+    if args.samples > len(x):
+        print(f"note: --samples {args.samples} is more than the {len(x)} test inputs of {args.dataset}; using all "
+              f"{len(x)}")
     codes = tflite.quantize_inputs(model, x)
     for note in model.meta["tflite_notes"]:
         print(f"note: {note}")
@@ -378,8 +385,10 @@ def _add_bench(subparsers) -> None:
 
 def _run_bench_e2e(args) -> int:
     from intunlearn.bench import format_e2e, run_e2e
-    from intunlearn.io import write_json_atomic
+    from intunlearn.io import check_output_file, write_json_atomic
 
+    if args.json:
+        check_output_file(args.json, "--json")
     result = run_e2e(dataset=args.dataset, data_root=args.data_root, model_name=args.model, width=args.width,
                      weight_bits=args.weight_bits, method=args.method, forget=args.forget,
                      repeats=args.repeats, seed=args.seed, device=args.device)

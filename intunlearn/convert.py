@@ -23,7 +23,8 @@ from intunlearn import ops
 from intunlearn import qparams as qp
 from intunlearn.backends import BACKENDS
 from intunlearn.modules import (InputQuantizer, QuantAdd, QuantAvgPool2d, QuantConv2d, QuantLinear,
-                                QuantModule, _check_mode, _WeightedLayer, set_arithmetic)
+                                QuantModule, _check_mode, _WeightedLayer, expected_input,
+                                set_arithmetic)
 
 PASS_THROUGH_MODULES = (nn.Flatten, nn.Dropout, nn.Identity, nn.MaxPool2d, nn.ReLU)
 PASS_THROUGH_FUNCTIONS = {torch.flatten, torch.reshape, F.dropout, F.max_pool2d, F.relu, torch.relu}
@@ -259,7 +260,7 @@ def _calibrate(gm: fx.GraphModule, calibration, batch_size):
                 raise TypeError(f"calibration batch {seen} must be a floating tensor, got {described}")
             if not bool(torch.isfinite(batch).all()):
                 raise ValueError(f"calibration batch {seen} contains NaN or inf")
-            gm(batch)
+            _calibration_step(gm, batch, seen)
             seen += 1
     for module in quant_modules:
         module.observing = False
@@ -269,6 +270,18 @@ def _calibrate(gm: fx.GraphModule, calibration, batch_size):
         if not isinstance(module, QuantAvgPool2d):
             module.freeze_observed_range()
     _link_input_qparams(gm)
+
+
+def _calibration_step(gm: fx.GraphModule, batch: torch.Tensor, index: int) -> None:
+    """One forward pass of calibration; a batch the model cannot take (a wrong channel count or
+    size) is refused naming `calibration` and what the model expects."""
+    try:
+        gm(batch)
+    except RuntimeError as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        expected = expected_input(gm)
+        raise ValueError(f"calibration batch {index} of shape {tuple(batch.shape)} does not fit the model"
+                         + (f"; the model takes {expected}" if expected else "") + f" ({reason})") from None
 
 
 def _producer(gm, node) -> QuantModule:

@@ -40,6 +40,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from intunlearn import _checks as check
+
 __all__ = ["Dataset", "MAX_CLASSES", "SPECS", "check_labels", "default_root", "load_dataset"]
 
 log = logging.getLogger(__name__)
@@ -111,8 +113,7 @@ def load_dataset(spec: str, *, root: str | os.PathLike | None = None, seed: int 
     """
     if not isinstance(spec, str):
         raise TypeError(f"spec must be a str, got {type(spec).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**32:
-        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+    check.seed(seed)
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) \
             or not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must be a number strictly between 0 and 1, "

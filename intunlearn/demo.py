@@ -17,6 +17,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
+from intunlearn import _checks as check
 from intunlearn import ops
 from intunlearn import qparams as qp
 
@@ -97,6 +98,7 @@ def run_demo(weight_bits: int = 4, hidden: int = 64, epochs: int = 40, seed: int
     for name, value in (("hidden", hidden), ("epochs", epochs)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    check.seed(seed)
     x_train, y_train, x_test, y_test = load_digits_split(seed)
     model = train_mlp(x_train, y_train, hidden, epochs, seed)
     first, second = model[0], model[2]

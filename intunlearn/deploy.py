@@ -27,8 +27,8 @@ import torch
 from intunlearn import ops
 from intunlearn import qparams as qp
 from intunlearn.convert import input_links
-from intunlearn.io import write_bytes_atomic
-from intunlearn.modules import InputQuantizer, QuantAdd, QuantAvgPool2d, _WeightedLayer
+from intunlearn.io import check_output_file, write_bytes_atomic
+from intunlearn.modules import InputQuantizer, QuantAdd, QuantAvgPool2d, _WeightedLayer, require_quantized
 
 FORMAT_VERSION = 1
 
@@ -62,7 +62,9 @@ def _layer_state(layer: _WeightedLayer) -> dict:
 
 
 def integer_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Flat {"<module>.<entry>": tensor} of every quantized module's integer parameters."""
+    """Flat {"<module>.<entry>": tensor} of every quantized module's integer parameters.
+    ValueError for a model without any (a float model: convert it with intunlearn.quantize)."""
+    require_quantized(model, "integer_state_dict")
     state = {"format_version": _scalar(FORMAT_VERSION)}
     for name, module in model.named_modules():
         entries = {}
@@ -92,6 +94,7 @@ def load_integer_state_dict(model: torch.nn.Module, state: dict[str, torch.Tenso
     Every quantized module of the model must have its entries in the state and no other
     module may appear; each loaded layer must reproduce the stored integers (weights, bias,
     multipliers) exactly. On any error the model is left as it was."""
+    require_quantized(model, "load_integer_state_dict")
     if not isinstance(state, dict) or not all(isinstance(key, str) for key in state):
         raise TypeError(f"state must be a dict of named tensors (from integer_state_dict), got "
                         f"{type(state).__name__}")
@@ -256,7 +259,11 @@ def state_checksum(state: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def save_integer_state(model: torch.nn.Module, path) -> None:
-    """Write integer_state_dict(model) with its checksum to `path` atomically (torch.save format)."""
+    """Write integer_state_dict(model) with its checksum to `path` atomically (torch.save format).
+    ValueError naming `path` if no file can be written there (a folder, a folder below a
+    file, a read-only place), checked first."""
+    require_quantized(model, "save_integer_state")
+    check_output_file(path, "path")
     state = integer_state_dict(model)
     state[CHECKSUM] = state_checksum(state)
     buffer = io.BytesIO()

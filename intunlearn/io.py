@@ -3,6 +3,7 @@ folders a run writes."""
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -16,8 +17,13 @@ def write_bytes_atomic(path, data: bytes) -> None:
     the permissions an ordinary open() would give (0666 less the umask), or keeps those of the
     file it replaces."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = _create_temporary(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(errno.EISDIR, "is a directory, not a file", str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = _create_temporary(path)
+    except OSError as error:
+        raise _naming(error, path) from None
     try:
         if path.exists():
             os.chmod(temporary, path.stat().st_mode & 0o7777)
@@ -26,9 +32,21 @@ def write_bytes_atomic(path, data: bytes) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise _naming(error, path) from None
         raise
+
+
+def _naming(error: OSError, path: Path) -> OSError:
+    """The same kind of OSError, naming the file the caller asked for (not the temporary file
+    beside it); a folder in the way is named too."""
+    other = str(error.filename) if error.filename is not None else None
+    reason = error.strerror or str(error)
+    if other and other != str(path) and not _TEMPORARY.match(Path(other).name):
+        reason += f" ({other})"
+    return OSError(error.errno, f"cannot write {path}: {reason}", str(path))
 
 
 def _create_temporary(path: Path) -> tuple[int, str]:
@@ -99,6 +117,27 @@ def check_writable(folder, what: str) -> Path:
             except OSError:
                 break
     return folder
+
+
+def check_output_file(path, what: str) -> Path:
+    """Check, before any work, that a file can be written at `path`: it is not a folder, and its
+    folder exists or can be created and is writable (the folders created by the check are
+    removed again). ValueError naming `what` (the option or argument, e.g. "--json") and the
+    path otherwise. Returns the path as a Path."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise ValueError(f"{what}: expected a file path, got {path!r}")
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what}: {path} is a directory; give the path of the file to write")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{what}: {path} exists and is not a regular file")
+    for folder in path.parents:  # the nearest existing one must be a folder
+        if folder.exists():
+            if not folder.is_dir():
+                raise ValueError(f"{what}: cannot write {path}: {folder} is a file, not a folder")
+            break
+    check_writable(path.parent, what)
+    return path
 
 
 def _at(error: OSError, folder: Path) -> str:

@@ -143,6 +143,13 @@ class InputQuantizer(QuantModule):
     a compiled graph cannot raise on data)."""
 
     def forward(self, x):
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            # An integer tensor would be quantized and then cast back to its own dtype, which
+            # truncates the int8 grid's values: refuse it rather than compute nonsense.
+            kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"model input must be a floating tensor (float32, or float64/float16/bfloat16 in "
+                            f"integer arithmetic) of real values, got {kind}; convert integer data first, "
+                            f"e.g. x.float() / 255 for uint8 pixels")
         if self.observing:
             self.observe(x)
         if self.mode == "float":
@@ -513,9 +520,42 @@ def sample_weights(model: nn.Module, alpha: torch.Tensor | None):
 
 
 def set_arithmetic(model: nn.Module, mode: str) -> nn.Module:
-    """Switch every quantized module of `model` to "integer", "fake" or "float", in place."""
+    """Switch every quantized module of `model` to "integer", "fake" or "float", in place.
+    ValueError if `model` has none (a float model: convert it with intunlearn.quantize first)."""
     _check_mode(mode)
+    require_quantized(model, "set_arithmetic")
     for module in model.modules():
         if isinstance(module, QuantModule) and not module.pinned_float:
             module.mode = mode
     return model
+
+
+def require_quantized(model: nn.Module, caller: str) -> None:
+    """ValueError naming the model unless it holds quantized layers (a call that acts on them
+    would otherwise silently do nothing)."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{caller}: model must be a torch.nn.Module, got {type(model).__name__}")
+    if not any(isinstance(module, QuantModule) for module in model.modules()):
+        raise ValueError(f"{caller}: the model ({type(model).__name__}) has no quantized layers; convert it "
+                         f"with intunlearn.quantize first")
+
+
+def expected_input(model: nn.Module) -> str:
+    """What inputs `model` takes, read from its first weighted layer (in execution order for a
+    torch.fx graph, in module order otherwise), for error messages; "" if it has none."""
+    if isinstance(model, torch.fx.GraphModule):
+        modules = dict(model.named_modules())
+        named = [(node.target, modules[node.target]) for node in model.graph.nodes if node.op == "call_module"]
+    else:
+        named = list(model.named_modules())
+    for name, module in named:
+        if isinstance(module, (nn.Conv2d, QuantConv2d)):
+            channels = module.weight.shape[1] * module.groups
+            return (f"samples of shape [{channels}, H, W] (batches [N, {channels}, H, W]): its first layer, "
+                    f"{name!r}, is a convolution with {channels} input channels")
+        if isinstance(module, (nn.Linear, QuantLinear)):
+            features = module.weight.shape[1]
+            return (f"samples of {features} values (a shape whose size is {features}, e.g. [{features}]): its "
+                    f"first layer, {name!r}, is a linear layer with {features} inputs")
+    return ""
+

@@ -15,6 +15,7 @@ included) gets the torch formulation.
 
 from __future__ import annotations
 
+import numbers
 import sys
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
@@ -159,6 +160,20 @@ def _finite(value: float) -> bool:
     return value == value and abs(value) != float("inf")
 
 
+def check_finite(name: str, values: torch.Tensor) -> None:
+    """ValueError naming `name`, how many entries are NaN or infinite and where the first is."""
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(values).__name__}")
+    if not values.is_floating_point():
+        return
+    bad = ~torch.isfinite(values.detach())
+    count = int(bad.sum())
+    if count:
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{name} has {count} NaN or infinite entries of {values.numel()} (the first at index "
+                         f"{first}: {values.detach()[first].item()}); quantization cannot represent them")
+
+
 def choose_weight_scales(weight: torch.Tensor, bits: int) -> torch.Tensor:
     """Symmetric per-output-channel scales (float64 [OUT]) = max|w_c| / qmax.
 
@@ -204,13 +219,17 @@ def _along(value, like: torch.Tensor, axis: int | None):
 
 
 def quantize_weight(weight: torch.Tensor, bits: int):
-    """Symmetric per-channel quantization: (int8 values in [-qmax, qmax], float64 scales [OUT])."""
+    """Symmetric per-channel quantization: (int8 values in [-qmax, qmax], float64 scales [OUT]).
+    ValueError for a weight with NaN or inf (no scale or code represents them)."""
+    check_finite("weight", weight)
     scales = choose_weight_scales(weight, bits)
     return quantize(weight, scales, 0, -weight_max(bits), weight_max(bits), axis=0), scales
 
 
 def quantize_bias(bias: torch.Tensor, input_scale: float, weight_scales: torch.Tensor) -> torch.Tensor:
-    """int32 bias at scale s_x * s_w[c]; raises if a value does not fit int32."""
+    """int32 bias at scale s_x * s_w[c]; raises if a value does not fit int32, or (naming it)
+    if a scale is not finite and > 0."""
+    check_scales(input_scale=input_scale, weight_scales=weight_scales)
     q = round_half_away(bias.detach().double() / (input_scale * weight_scales.double()))
     if q.numel() and q.abs().max() > 2**31 - 1:
         raise ValueError("bias does not fit int32 at scale input_scale * weight_scale")
@@ -218,8 +237,38 @@ def quantize_bias(bias: torch.Tensor, input_scale: float, weight_scales: torch.T
 
 
 def output_multipliers(input_scale: float, weight_scales: torch.Tensor, output_scale: float):
-    """(multiplier, shift) int32 [OUT] for M[c] = s_x * s_w[c] / s_y."""
-    return quantize_multiplier(input_scale * weight_scales.double() / output_scale)
+    """(multiplier, shift) int32 [OUT] for M[c] = s_x * s_w[c] / s_y. Every scale must be
+    finite and > 0 (ValueError naming the argument otherwise)."""
+    check_scales(input_scale=input_scale, weight_scales=weight_scales, output_scale=output_scale)
+    return _multipliers(input_scale, weight_scales, output_scale)
+
+
+def _multipliers(input_scale, weight_scales: torch.Tensor, output_scale):
+    try:
+        return quantize_multiplier(input_scale * weight_scales.double() / output_scale)
+    except ValueError:  # say which of the caller's scales is wrong, not the multiplier's value
+        check_scales(input_scale=input_scale, weight_scales=weight_scales, output_scale=output_scale)
+        raise
+
+
+def check_scales(**scales) -> None:
+    """Each named scale (a number or a floating tensor of per-channel scales) must be finite
+    and > 0: ValueError naming the first one that is not and its offending value."""
+    for name, value in scales.items():
+        if isinstance(value, torch.Tensor):
+            if not value.is_floating_point():
+                raise TypeError(f"{name} must be a floating tensor of scales, got dtype {value.dtype}")
+            values = value.detach().double().cpu().reshape(-1)
+            bad = ~(torch.isfinite(values) & (values > 0))
+            if bool(bad.any()):
+                index = int(bad.nonzero()[0, 0])
+                raise ValueError(f"{name} must be finite and > 0, got {values[index].item()} at channel {index} "
+                                 f"({int(bad.sum())} of {values.numel()} scales are not)")
+        else:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+            if not (_finite(float(value)) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value}")
 
 
 def add_params(a: ActivationQParams, b: ActivationQParams, out: ActivationQParams, left_shift: int = 20):
@@ -290,7 +339,7 @@ def requantization_params(bias, weight_scale, input_scale, output_scale, channel
     if kernels is None:
         scales = weight_scale.detach().double()
         b_q = None if bias is None else quantize_bias(bias, input_scale, scales)
-        multiplier, shift = output_multipliers(input_scale, scales, output_scale)
+        multiplier, shift = _multipliers(input_scale, scales, output_scale)
         return Requantization(b_q, multiplier.to(weight_scale.device), shift.to(weight_scale.device))
     scales = weight_scale.detach().expand(channels).contiguous().numpy()
     multiplier = torch.empty(channels, dtype=torch.int32)
@@ -303,6 +352,8 @@ def requantization_params(bias, weight_scale, input_scale, output_scale, channel
     if status:  # the messages of the torch formulation
         if status == 3:
             raise ValueError("bias does not fit int32 at scale input_scale * weight_scale")
+        if status == 1:  # name the caller's scale that is wrong
+            check_scales(input_scale=input_scale, weight_scale=weight_scale, output_scale=output_scale)
         real = input_scale * scales.astype(np.float64) / output_scale
         raise ValueError(f"real: real multiplier must be {'finite and >= 0' if status == 1 else 'below 2**30 (shift <= 30)'}"
                          f", got {real}")

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from intunlearn import qparams as qp
 from intunlearn.deploy import integer_state_dict, load_integer_state_dict
 from intunlearn.io import write_bytes_atomic
 from intunlearn.modules import (InputQuantizer, QuantAdd, QuantAvgPool2d, QuantConv2d, QuantLinear,
-                                QuantModule, set_arithmetic)
+                                QuantModule, expected_input, set_arithmetic)
 
 FILE_IDENTIFIER = b"TFL3"
 METADATA_NAME = "intunlearn"
@@ -280,7 +281,7 @@ class _Exporter:
         if input_shape is None:
             raise ValueError("input_shape is needed (the shape of one input sample, e.g. (1, 8, 8)); "
                              "a model from load_tflite carries its own")
-        self.model, self.input_shape = model, tuple(int(v) for v in input_shape)
+        self.model, self.input_shape = model, _sample_shape(input_shape)
         self.batch_size, self.int4_format, self.exact = batch_size, int4_format, exact
         self.modules = dict(model.named_modules())
         self.state = {key: value.detach().cpu() for key, value in integer_state_dict(model).items()}
@@ -297,7 +298,14 @@ class _Exporter:
         from torch.fx.passes.shape_prop import ShapeProp
 
         with torch.no_grad():
-            ShapeProp(probe).propagate(torch.zeros((self.batch_size, *self.input_shape)))
+            try:
+                ShapeProp(probe).propagate(torch.zeros((self.batch_size, *self.input_shape)))
+            except RuntimeError as error:  # the model cannot take inputs of this shape
+                cause = error.__cause__ or error
+                reason = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
+                expected = expected_input(self.model)
+                raise ValueError(f"input_shape {self.input_shape} does not fit the model"
+                                 + (f"; it takes {expected}" if expected else "") + f" ({reason})") from None
         shapes = {}
         for node in probe.graph.nodes:
             meta = node.meta.get("tensor_meta")
@@ -639,6 +647,19 @@ class _Exporter:
         b.op(s.BuiltinOperator.RESHAPE, [x.index, shape_index], [out], s.BuiltinOptions.ReshapeOptions, options)
         self.report_ops.append(f"#{len(b.operators) - 1} RESHAPE {node.name}: {list(x.shape)} -> {list(out_shape)}")
         return _Tensor(out, out_shape, x.q, False)
+
+
+def _sample_shape(input_shape) -> tuple[int, ...]:
+    """input_shape as a tuple of positive ints (one sample's shape, no batch dimension)."""
+    try:  # operator.index: ints of any kind (numpy's too), never floats or bools
+        shape = tuple(operator.index(v) for v in input_shape if not isinstance(v, bool))
+        shape = shape if len(shape) == len(input_shape) else None
+    except TypeError:
+        shape = None
+    if not shape or not all(v > 0 for v in shape):
+        raise ValueError(f"input_shape must be one sample's shape, a tuple of positive ints such as (1, 8, 8), "
+                         f"got {input_shape!r}")
+    return shape
 
 
 def _pair(value):
@@ -1148,13 +1169,14 @@ class _Importer:
                       (int(paddings[1][0]), int(paddings[1][1]), int(paddings[2][0]), int(paddings[2][1])))
 
 
-def load_tflite(path_or_bytes) -> fx.GraphModule:
+def load_tflite(path_or_bytes, *, source: str | None = None) -> fx.GraphModule:
     """A .tflite model (a path, or the file's bytes) as a quantized torch model in integer
     arithmetic: its forward takes real-valued NCHW inputs like a model from intunlearn.quantize
     and computes bit for bit what TFLite Micro computes on the file. `model.meta` holds
-    "tflite_input_shape" and "tflite_notes" (stripped ops)."""
+    "tflite_input_shape" and "tflite_notes" (stripped ops). source: what error messages call
+    the model given as bytes (e.g. the file they were read from; default "<bytes>")."""
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
-        data, source = bytes(path_or_bytes), "<bytes>"
+        data, source = bytes(path_or_bytes), source or "<bytes>"
     else:
         path = Path(path_or_bytes)
         if not path.is_file():
@@ -1410,12 +1432,39 @@ def format_runtime_table(rows) -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # python -m intunlearn.tflite: measure the runtime table
-    import sys
+def _positive_count(text: str) -> int:
+    import argparse
 
-    measured = runtime_table(int(sys.argv[1]) if len(sys.argv) > 1 else 200)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer (a number of random inputs), got {text!r}")
+    return value
+
+
+def _main(argv=None) -> int:
+    """python -m intunlearn.tflite [SAMPLES]: measure and print the runtime table."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m intunlearn.tflite",
+        description="Measure which single-op models and weight formats each installed runtime computes "
+                    "bit-exactly against intunlearn (the README's runtime table).")
+    parser.add_argument("samples", nargs="?", type=_positive_count, default=200,
+                        help="random int8 inputs per model (default: %(default)s)")
+    args = parser.parse_args(argv)
+    measured = runtime_table(args.samples)
     print(format_runtime_table(measured))
     for row in measured:
         for runtime, entry in row["runtimes"].items():
             if entry["double"][3]:
                 print(f"{row['op']} / {row['weights']} / {runtime}: {entry['double'][3]}")
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_main())

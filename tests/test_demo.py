@@ -1,9 +1,12 @@
 """The integer-inference demo and the command line."""
 
 import json
+from pathlib import Path
 
 from intunlearn.cli import main
 from intunlearn.demo import run_demo
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: `python -m` imports from it
 
 
 def test_demo_integer_model_classifies_digits_like_fake_quant():
@@ -25,3 +28,17 @@ def test_cli_demo_prints_a_table_and_writes_json(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "integer" in printed and "fake-quant" in printed
     assert json.loads(path.read_text())["weight_bits"] == 8
+
+
+def test_python_m_intunlearn_is_the_intunlearn_command():
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "intunlearn", "demo", "--seed", "-1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "intunlearn demo: error: seed must be an int in [0, 2**32), got -1" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "intunlearn", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0 and "{run,export,verify,bench,demo}" in result.stdout
+

@@ -53,6 +53,38 @@ def test_zero_weight_channel_gets_scale_one():
     assert scales[0] == 1.0 and q[0].tolist() == [0, 0] and q[1].tolist() == [64, -127]
 
 
+@pytest.mark.parametrize("bad, where", [(float("nan"), (1, 0)), (float("inf"), (0, 2)), (float("-inf"), (1, 2))])
+def test_a_weight_with_nan_or_inf_is_refused_naming_the_entries(bad, where):
+    weight = torch.tensor([[0.5, -1.0, 0.25], [1.0, 2.0, -0.5]])
+    weight[where] = bad
+    with pytest.raises(ValueError, match=rf"weight has 1 NaN or infinite entries of 6 \(the first at index "
+                                         rf"\({where[0]}, {where[1]}\)"):
+        qparams.quantize_weight(weight, 4)
+    weight[0, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"weight has 2 NaN or infinite entries of 6"):
+        qparams.quantize_weight(weight, 8)
+
+
+@pytest.mark.parametrize("input_scale, weight_scales, output_scale, message", [
+    (0.05, [0.1, 0.2], 0.0, "output_scale must be finite and > 0, got 0.0"),
+    (0.0, [0.1, 0.2], 0.1, "input_scale must be finite and > 0, got 0.0"),
+    (-0.05, [0.1, 0.2], 0.1, "input_scale must be finite and > 0, got -0.05"),
+    (float("inf"), [0.1, 0.2], 0.1, "input_scale must be finite and > 0, got inf"),
+    (0.05, [0.1, 0.0, 0.2], 0.1, r"weight_scales must be finite and > 0, got 0.0 at channel 1 \(1 of 3"),
+    (0.05, [-0.1, float("nan")], 0.1, r"weight_scales must be finite and > 0, got -0.1 at channel 0 \(2 of 2"),
+])
+def test_output_multipliers_names_the_scale_that_is_not_positive(input_scale, weight_scales, output_scale, message):
+    with pytest.raises(ValueError, match=message):
+        qparams.output_multipliers(input_scale, torch.tensor(weight_scales, dtype=torch.float64), output_scale)
+
+
+def test_output_multipliers_of_valid_scales_are_the_float64_multipliers():
+    scales = torch.tensor([0.1, 0.2], dtype=torch.float64)
+    multiplier, shift = qparams.output_multipliers(0.05, scales, 0.1)
+    real = (multiplier.double() * 2.0 ** (shift.double() - 31)).numpy()
+    np.testing.assert_allclose(real, 0.05 * scales.numpy() / 0.1, rtol=2**-30)
+
+
 def test_round_half_away():
     values = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 0.49999999999999994, 2.4], dtype=torch.float64)
     assert qparams.round_half_away(values).tolist() == [1, 2, 3, -1, -3, 0, 2]

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import intunlearn
+import intunlearn.io
 from intunlearn.deploy import CHECKSUM, state_checksum
 
 
@@ -100,6 +101,90 @@ def test_a_nan_input_is_refused_not_quantized(mode):
     x[0, 0] = float("nan")
     with pytest.raises(ValueError, match="model input contains NaN or inf"):
         model(x)
+
+
+@pytest.mark.parametrize("mode", ["integer", "fake", "float"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.int32, torch.bool])
+def test_an_integer_input_is_refused_not_cast(mode, dtype):
+    """Integer data would be quantized and then cast back to its own integer dtype (all 0 for
+    uint8 pixels): refused, asking for a floating tensor."""
+    model = intunlearn.quantize(conv_net(), calibration=torch.rand(16, 1, 8, 8), mode=mode)
+    with pytest.raises(TypeError, match=rf"model input must be a floating tensor .* got {dtype}"):
+        model(torch.ones(2, 1, 8, 8, dtype=dtype))
+
+
+def test_a_float64_input_gives_what_the_same_values_in_float32_give():
+    """float64 holds every float32 exactly: the same real inputs, so the same integer codes."""
+    model = intunlearn.quantize(conv_net(), calibration=torch.rand(16, 1, 8, 8))
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(model(x.double()), model(x))
+
+
+@pytest.mark.parametrize("channels", [3, 2])
+def test_calibration_of_the_wrong_shape_is_named_with_what_the_model_takes(channels):
+    with pytest.raises(ValueError, match=r"calibration batch 0 of shape \(8, %d, 8, 8\) does not fit the model; "
+                                         r"the model takes samples of shape \[1, H, W\]" % channels):
+        intunlearn.quantize(conv_net(), calibration=torch.rand(8, channels, 8, 8))
+    with pytest.raises(ValueError, match=r"calibration batch 0 of shape \(4, 10\) .* 12 inputs"):
+        intunlearn.quantize(mlp(), calibration=torch.rand(4, 10))
+
+
+# ---- calls that need a quantized model; where files are written -------------------------------
+
+
+def test_a_float_model_is_refused_where_a_quantized_one_is_needed(tmp_path):
+    path = tmp_path / "model.int.pt"
+    for call in (lambda: intunlearn.save_integer_state(mlp(), path), lambda: intunlearn.set_arithmetic(mlp(), "fake"),
+                 lambda: intunlearn.integer_state_dict(mlp()),
+                 lambda: intunlearn.load_integer_state_dict(mlp(), intunlearn.integer_state_dict(_MODEL))):
+        with pytest.raises(ValueError, match=r"the model \(Sequential\) has no quantized layers; convert it with "
+                                             r"intunlearn.quantize first"):
+            call()
+    assert not path.exists()
+
+
+def test_save_integer_state_names_a_path_it_cannot_write(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(ValueError, match=f"path: {tmp_path} is a directory"):
+        intunlearn.save_integer_state(_MODEL, tmp_path)
+    with pytest.raises(ValueError, match=f"path: cannot write {tmp_path / 'a-file' / 'sub'}: "
+                                         f"{tmp_path / 'a-file'} is a file, not a folder"):
+        intunlearn.save_integer_state(_MODEL, tmp_path / "a-file" / "sub")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_check_output_file_accepts_a_new_file_in_a_new_folder_and_leaves_no_trace(tmp_path):
+    from intunlearn.io import check_output_file
+
+    target = tmp_path / "new" / "deeper" / "out.json"
+    assert check_output_file(target, "--json") == target
+    assert list(tmp_path.iterdir()) == []  # the folders it probed are removed again
+    (tmp_path / "old.json").write_text("{}")
+    assert check_output_file(str(tmp_path / "old.json"), "--json") == tmp_path / "old.json"
+    for bad in ("", None):
+        with pytest.raises(ValueError, match="--json: expected a file path"):
+            check_output_file(bad, "--json")
+
+
+def test_the_atomic_writer_names_the_callers_path_not_its_temporary_file(tmp_path, monkeypatch):
+    from intunlearn.io import write_bytes_atomic
+
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(IsADirectoryError, match=f"cannot write {tmp_path}") as caught:
+        write_bytes_atomic(tmp_path, b"x")
+    assert caught.value.filename == str(tmp_path)
+    with pytest.raises(FileExistsError) as caught:
+        write_bytes_atomic(tmp_path / "a-file" / "sub", b"x")
+    assert caught.value.filename == str(tmp_path / "a-file" / "sub")
+
+    def refuse(source, target):
+        raise PermissionError(13, "Permission denied", source)
+
+    monkeypatch.setattr(intunlearn.io.os, "replace", refuse)
+    with pytest.raises(PermissionError) as caught:
+        write_bytes_atomic(tmp_path / "out.bin", b"x")
+    assert caught.value.filename == str(tmp_path / "out.bin") and ".tmp" not in str(caught.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # the temporary file is removed
 
 
 # ---- the saved integer state --------------------------------------------------------------------

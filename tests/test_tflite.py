@@ -4,6 +4,7 @@ back, unlearn it, export it again; bad files are refused by name."""
 
 import copy
 import functools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from intunlearn.models import build_model  # noqa: E402
 from intunlearn.unlearning.methods import UnlearnTask, get_method  # noqa: E402
 from intunlearn.unlearning.training import TrainConfig, train  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]  # the repository: `python -m` imports from it
 WIDTHS = {"mlp": 16, "cnn": 4, "resnet18": 4}
 FEW = settings(max_examples=4, deadline=None)
 
@@ -429,6 +431,53 @@ def test_cli_names_bad_files(tmp_path, capsys):
     assert main(["verify", str(tmp_path / "missing.tflite")]) == 2
     assert main(["run", "--model", f"tflite:{tmp_path / 'missing.tflite'}"]) == 2
     assert "is not a .tflite file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("shape, message", [
+    ((3, 8, 8), r"input_shape \(3, 8, 8\) does not fit the model; it takes samples of shape \[1, H, W\]"),
+    ((8, 8), r"input_shape \(8, 8\) does not fit the model; it takes samples of shape \[1, H, W\]"),
+    ((1, 8, 0), r"input_shape must be one sample's shape, a tuple of positive ints"),
+    (8, r"input_shape must be one sample's shape"),
+])
+def test_export_names_an_input_shape_the_model_cannot_take(tmp_path, shape, message):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 10)).eval()
+    quantized = intunlearn.quantize(model, weight_bits=4, calibration=torch.rand(64, 1, 8, 8))
+    with pytest.raises(ValueError, match=message):
+        tflite.export_tflite(quantized, tmp_path / "model.tflite", input_shape=shape)
+    assert not (tmp_path / "model.tflite").exists()
+
+
+def test_cli_verify_names_the_file_and_says_when_samples_are_capped(tmp_path, capsys):
+    from intunlearn.cli import main
+
+    truncated = tmp_path / "truncated.tflite"
+    truncated.write_bytes(exported("mlp", 8)[0][:200])
+    assert main(["verify", str(truncated)]) == 2
+    err = capsys.readouterr().err
+    assert f"{truncated}: truncated or corrupt .tflite file" in err and "<bytes>" not in err
+
+    path = tmp_path / "deployed.tflite"
+    path.write_bytes(exported("mlp", 8)[0])
+    test_inputs = len(digits().y_test)
+    assert main(["verify", str(path), "--samples", "100000"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: --samples 100000 is more than the {test_inputs} test inputs of digits; using all" in out
+    assert f"tflm: {test_inputs}/{test_inputs} outputs bit-identical" in out
+
+
+def test_python_m_intunlearn_tflite_checks_its_argument():
+    import subprocess
+    import sys
+
+    for argument in ("abc", "0", "-5"):
+        result = subprocess.run([sys.executable, "-m", "intunlearn.tflite", argument], cwd=ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2, result.stderr
+        assert "usage: python -m intunlearn.tflite" in result.stderr
+        assert f"must be a positive integer (a number of random inputs), got '{argument}'" in result.stderr
+        assert "Traceback" not in result.stderr
 
 
 def test_float_io_wrapper_and_per_tensor_weights_are_read():

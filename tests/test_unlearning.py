@@ -343,6 +343,47 @@ def test_cli_refuses_bad_options_by_name(argv, message, capsys, tmp_path, monkey
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "e2e", "--method", "retrain"], "method (--method) 'retrain' has no unlearning epoch to time"),
+    (["bench", "e2e", "--width", "0"], "width must be >= 1, got 0"),
+    (["bench", "e2e", "--seed", "-1"], "seeds must be distinct integers >= 0"),
+    (["bench", "e2e", "--json", "{file}/result.json"], "--json: cannot write"),
+    (["bench", "e2e", "--json", "{folder}"], "is a directory"),
+    (["demo", "--seed", "-1"], "seed must be an int in [0, 2**32), got -1"),
+    (["demo", "--json", "{file}/demo.json"], "is a file, not a folder"),
+    (["export", "{folder}", "--model", "mlp"], "output: {folder} is a directory"),
+    (["export", "{file}/model.tflite", "--model", "mlp"], "output: cannot write {file}/model.tflite"),
+])
+def test_cli_refuses_bad_options_and_output_paths_before_any_training(argv, message, capsys, tmp_path,
+                                                                      monkeypatch):
+    """bench e2e checks its options as `run` does, and every command checks where it will write,
+    before the training (which here would fail loudly) starts."""
+    import intunlearn.bench
+    import intunlearn.demo
+    from intunlearn.unlearning import engine
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before refusing the options")
+
+    for module, name in ((intunlearn.bench, "train"), (intunlearn.demo, "train_mlp"), (engine, "train")):
+        monkeypatch.setattr(module, name, no_training)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("")
+    (tmp_path / "a-folder").mkdir()
+    places = {"file": str(tmp_path / "a-file"), "folder": str(tmp_path / "a-folder")}
+    assert main([part.format(**places) for part in argv]) == 2
+    err = capsys.readouterr().err
+    assert message.format(**places) in err
+    assert "Traceback" not in err and ".tmp" not in err
+
+
+def test_retrain_without_a_recipe_is_refused_by_name():
+    x, y = blobs(2)
+    task = UnlearnTask(x[:5], y[:5], x[5:], y[5:], 4, "random", 0, retrain_from_scratch=None)
+    with pytest.raises(ValueError, match="'retrain' needs the original recipe"):
+        get_method("retrain").unlearn(build_model("mlp", (1, 4, 4), 4, None), task)
+
+
 def test_cli_run_names_a_bad_out_or_progress_file(tmp_path, capsys):
     x, y = blobs(2)
     x_test, y_test = blobs(3, per_class=10)

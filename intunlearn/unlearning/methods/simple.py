@@ -13,6 +13,11 @@ class Retrain(Method):
     summary = "the gold standard: the original recipe on the retain set only"
     tunable = False  # the recipe's own schedule, no unlearning budget or learning rate
 
+    def check(self, task: UnlearnTask) -> None:
+        super().check(task)
+        if task.retrain_from_scratch is None:
+            raise ValueError("method 'retrain' needs the original recipe: the task's retrain_from_scratch is None")
+
     def fit(self, model, task: UnlearnTask):
         return task.retrain_from_scratch(task.x_retain, task.y_retain, task.seed)
 

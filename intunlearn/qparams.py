@@ -230,8 +230,16 @@ def quantize_bias(bias: torch.Tensor, input_scale: float, weight_scales: torch.T
     """int32 bias at scale s_x * s_w[c]; raises if a value does not fit int32, or (naming it)
     if a scale is not finite and > 0."""
     check_scales(input_scale=input_scale, weight_scales=weight_scales)
+    return _bias_codes(bias, input_scale, weight_scales)
+
+
+def _bias_codes(bias, input_scale, weight_scales: torch.Tensor) -> torch.Tensor:
+    """quantize_bias without checking the scales first (every integer forward pass computes
+    it): a code out of int32 range, or NaN, is diagnosed only then, naming a bad scale if that
+    is the cause."""
     q = round_half_away(bias.detach().double() / (input_scale * weight_scales.double()))
-    if q.numel() and q.abs().max() > 2**31 - 1:
+    if q.numel() and not bool(q.abs().max() <= 2**31 - 1):  # NaN fails this comparison too
+        check_scales(input_scale=input_scale, weight_scales=weight_scales)
         raise ValueError("bias does not fit int32 at scale input_scale * weight_scale")
     return q.to(torch.int32)
 
@@ -338,7 +346,7 @@ def requantization_params(bias, weight_scale, input_scale, output_scale, channel
     kernels = _host_kernels(backend, weight_scale.device)
     if kernels is None:
         scales = weight_scale.detach().double()
-        b_q = None if bias is None else quantize_bias(bias, input_scale, scales)
+        b_q = None if bias is None else _bias_codes(bias, input_scale, scales)
         multiplier, shift = _multipliers(input_scale, scales, output_scale)
         return Requantization(b_q, multiplier.to(weight_scale.device), shift.to(weight_scale.device))
     scales = weight_scale.detach().expand(channels).contiguous().numpy()

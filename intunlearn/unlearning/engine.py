@@ -221,7 +221,7 @@ class Experiment:
         c = self.config
         tflite = None
         if c.tflite_path is not None:
-            tflite = hashlib.sha256(c.tflite_path.read_bytes()).hexdigest()[:16]
+            tflite = tflite_sha256(c.tflite_path)[:16]
         return {"tflite": tflite, "version": CACHE_VERSION, "role": role, "dataset": c.dataset, "data_root": c.data_root,
                 "device": c.device, "data": data_fingerprint(x, y), "samples": len(x),
                 "model": c.model, "width": c.width, "weight_bits": c.weight_bits, "arithmetic": c.arithmetic,
@@ -823,7 +823,55 @@ def progress_config(config: ExperimentConfig, fingerprint: str) -> dict:
     values = dataclasses.asdict(config)
     del values["methods"]
     values["data"] = fingerprint
+    if config.tflite_path is not None:  # the file is the original model: its contents, not its name
+        values["tflite_sha256"] = tflite_sha256(config.tflite_path)
     return json_safe(values)
+
+
+def tflite_weight_bits(path) -> tuple[int, ...]:
+    """The distinct weight widths of a .tflite file's weighted layers, as load_tflite reads them."""
+    from intunlearn.tflite import load_tflite
+
+    return tuple(sorted({int(module.weight_bits) for module in load_tflite(Path(path)).modules()
+                         if hasattr(module, "weight_bits")}))
+
+
+def tflite_sha256(path) -> str:
+    """SHA-256 (hex) of a .tflite file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# Where each field of a progress file's configuration comes from on the command line, for the
+# message that refuses a resume with another configuration (a field not listed: --field-name).
+OPTION_SOURCES = {
+    "threads": "--cpus-per-task, the compute threads of each task: the local executor's default is every core, "
+               "Ray's is 1",
+    "float32_scales": "--export, which rounds activation scales to float32 before anything is evaluated",
+    "pretrain_epochs": "--epochs",
+    "arithmetic": "--pipelines",
+    "seed": "--seeds / --seed",
+    "data": "the data set's contents",
+    "data_root": "--data-root",
+    "tflite_sha256": "the contents of the --model tflite: file",
+    "method_defaults": "this intunlearn version's method defaults",
+}
+
+
+def _option_source(field: str) -> str:
+    return OPTION_SOURCES.get(field, "--" + field.replace("_", "-"))
+
+
+def describe_differences(then: dict, now: dict) -> str:
+    """'field: X then, Y now, set by --option' for each field that differs, and first, when
+    the --model tflite: file is another, a sentence naming it."""
+    names = sorted(set(then) | set(now))
+    differences = [f"{name}: {then.get(name)!r} then, {now.get(name)!r} now, set by {_option_source(name)}"
+                   for name in names if then.get(name) != now.get(name)]
+    if then.get("tflite_sha256") not in (None, now.get("tflite_sha256")) and then.get("model") == now.get("model"):
+        path = str(now.get("model", ""))[len(TFLITE_PREFIX):]
+        differences.insert(0, f"the file {path} of --model {now.get('model')} has changed: its contents are not "
+                              f"the model the finished methods unlearned")
+    return "; ".join(differences)
 
 
 def progress_checksum(progress: dict) -> str:
@@ -900,9 +948,7 @@ def read_progress(path, config: ExperimentConfig, fingerprint: str, forget_mode:
         if not isinstance(saved["config"], dict) or not isinstance(saved["methods"], dict):
             raise bad("'config' and 'methods' must be objects")
         if saved["config"] != current or saved["config_hash"] != config_hash(current):
-            names = sorted(set(saved["config"]) | set(current))
-            differences = "; ".join(f"{name}: {saved['config'].get(name)!r} then, {current.get(name)!r} now"
-                                    for name in names if saved["config"].get(name) != current.get(name))
+            differences = describe_differences(saved["config"], current)
             raise ValueError(f"{path} holds the finished methods {', '.join(saved['methods']) or '(none)'} of a run "
                              f"with another configuration ({differences or 'its key differs'}); rerun with the "
                              f"earlier options to keep them, or use a fresh --out (or delete {path.parent}) to start "

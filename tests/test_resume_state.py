@@ -1,0 +1,116 @@
+"""What a resumed run keeps and what it refuses, and options that a run would otherwise ignore:
+each case first as a user met it (a silent wrong result, or a refusal after the training), then
+a clear error naming the option before any work, or the work the option asks for."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import intunlearn
+from intunlearn import tflite
+from intunlearn.cli import build_parser, main
+from intunlearn.executors import default_threads, make_executor
+from intunlearn.models import build_model
+from intunlearn.unlearning import engine
+from intunlearn.unlearning.engine import (ExperimentConfig, data_fingerprint, progress_config, read_progress,
+                                          run_experiment, write_progress)
+from intunlearn.unlearning.forget import parse_forget
+from intunlearn.unlearning.study_report import format_report
+
+from test_unlearning import tiny_config, tiny_dataset, tiny_trained_model
+
+
+@functools.cache
+def deployed_bytes(seed: int) -> bytes:
+    """A .tflite file of the tiny task's model (4-bit weights, 4x4 inputs, 4 classes); each seed
+    another model."""
+    data = tiny_dataset()
+    model = tflite.round_scales_to_float32(tiny_trained_model(data.x_train, data.y_train, seed=seed))
+    return tflite.export_tflite_bytes(model, input_shape=data.input_shape)[0]
+
+
+def tflite_config(path, **changes):
+    values = dict(model=f"tflite:{path}", methods=("ft",), arithmetic="integer", pretrain_epochs=1, qat_epochs=1)
+    values.update(changes)
+    return tiny_config(**values)
+
+
+def models_in(cache: Path) -> list[str]:
+    return sorted(p.name for p in cache.glob("*.pt")) if cache.exists() else []
+
+
+# ---- 1. the --model tflite: file is part of what a progress file is keyed on ---------------------
+
+
+def test_a_changed_tflite_file_is_refused_on_resume_naming_it(tmp_path):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(deployed_bytes(0))
+    run_experiment(tflite_config(path), tmp_path / "out", tmp_path / "cache", data=tiny_dataset(), tables=False)
+    before = (tmp_path / "out" / "progress.json").read_bytes()
+    path.write_bytes(deployed_bytes(1))  # another model under the same name
+    with pytest.raises(ValueError, match=rf"the file {path} of --model tflite:{path} has changed: its contents are "
+                                         rf"not the model the finished methods unlearned"):
+        run_experiment(tflite_config(path), tmp_path / "out", tmp_path / "cache", data=tiny_dataset(), tables=False)
+    assert (tmp_path / "out" / "progress.json").read_bytes() == before
+    saved = json.loads(before)["config"]["tflite_sha256"]
+    assert saved == hashlib.sha256(deployed_bytes(0)).hexdigest()
+
+
+# ---- 3. --weight-bits and --width with a tflite: model ------------------------------------------
+
+
+@pytest.mark.parametrize("extra, named", [(["--weight-bits", "8"], "--weight-bits"), (["--width", "4"], "--width"),
+                                          (["--weight-bits", "4", "--width", "4"], "--weight-bits and --width")])
+def test_weight_bits_and_width_with_a_tflite_model_are_refused(tmp_path, capsys, extra, named):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(deployed_bytes(0))
+    assert main(["run", "--model", f"tflite:{path}", *extra, "--out", str(tmp_path / "out"),
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert f"{named} set how a model built here is made" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_tflite_models_weight_bits_come_from_its_file(tmp_path, bits):
+    from intunlearn.cli import _study
+
+    torch.manual_seed(0)
+    model = intunlearn.quantize(build_model("mlp", (1, 4, 4), 4, width=16), weight_bits=bits,
+                                calibration=tiny_dataset().x_train)
+    path = tmp_path / "m.tflite"
+    path.write_bytes(tflite.export_tflite_bytes(tflite.round_scales_to_float32(model), input_shape=(1, 4, 4))[0])
+    args = build_parser().parse_args(["run", "--model", f"tflite:{path}", "--dataset", "digits"])
+    study = _study(args)
+    assert study.base.weight_bits == bits
+    report = format_report({"study": {"seeds": [0], "pipelines": [], "unlearn_lrs": [None],
+                                      "base": dataclasses.asdict(study.base)},
+                            "summary": [], "best": [], "methods": [], "pipeline_comparisons": [], "machine": {}})
+    assert f"{bits}-bit weights" in report.splitlines()[0]
+
+
+# ---- 6. a changed configuration named by the options that set it ------------------------------
+
+
+@pytest.mark.parametrize("field, then, now, source", [
+    ("threads", 1, 2, "--cpus-per-task"),
+    ("float32_scales", False, True, "--export"),
+    ("pretrain_epochs", 8, 9, "--epochs"),
+    ("batch_size", 32, 16, "--batch-size"),
+])
+def test_a_changed_configuration_names_the_option_behind_each_field(tmp_path, field, then, now, source):
+    data = tiny_dataset()
+    fingerprint = data_fingerprint(data.x_train, data.y_train, data.x_test, data.y_test)
+    earlier = tiny_config(**{field: then})
+    settings = progress_config(earlier, fingerprint)
+    write_progress(tmp_path / "progress.json", {"format": engine.PROGRESS_FORMAT,
+                                                "config_hash": engine.config_hash(settings), "config": settings,
+                                                "methods": {}})
+    with pytest.raises(ValueError, match=rf"{field}: {then!r} then, {now!r} now, set by {source}"):
+        read_progress(tmp_path / "progress.json", tiny_config(**{field: now}), fingerprint, "random")

@@ -263,8 +263,19 @@ def _run_experiment(args) -> int:
             print("\n" + report_markdown(attack))
             print(f"wrote {out / 'ulira' / 'ulira.md'}, {out / 'ulira' / 'ulira.json'}")
     if args.export:
-        print(f"exported every model as .tflite under {args.export}/<experiment>/")
+        print(_export_summary(results.get("exports", {}), args.export))
     return 0
+
+
+def _export_summary(exports: dict, folder) -> str:
+    """What --export did: the files written by this run, and those an earlier run into the same
+    folder had written (kept: their methods' results are the recorded ones)."""
+    files = [entry for unit in exports.values() for entry in unit.values()]
+    now = sum(entry["written"] == "now" for entry in files)
+    text = f"exported {now} model(s) as .tflite under {folder}/<experiment>/"
+    if now < len(files):
+        text += f"; the other {len(files) - now} were there from an earlier run into {folder}"
+    return text
 
 
 def _ulira_check(args, study):

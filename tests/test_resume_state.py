@@ -15,7 +15,7 @@ import torch
 
 import intunlearn
 from intunlearn import tflite
-from intunlearn.cli import build_parser, main
+from intunlearn.cli import _export_summary, build_parser, main
 from intunlearn.executors import default_threads, make_executor
 from intunlearn.models import build_model
 from intunlearn.unlearning import engine
@@ -61,6 +61,36 @@ def test_a_changed_tflite_file_is_refused_on_resume_naming_it(tmp_path):
     assert (tmp_path / "out" / "progress.json").read_bytes() == before
     saved = json.loads(before)["config"]["tflite_sha256"]
     assert saved == hashlib.sha256(deployed_bytes(0)).hexdigest()
+
+
+# ---- 2. a new --export folder gets every finished model ----------------------------------------
+
+
+def test_resuming_with_a_new_export_folder_exports_every_finished_model(tmp_path):
+    config = tiny_config(methods=("retrain", "ft"), pretrain_epochs=2)
+    first = run_experiment(config, tmp_path / "out", tmp_path / "cache", data=tiny_dataset(), tables=False,
+                           export_dir=tmp_path / "one")
+    again = run_experiment(config, tmp_path / "out", tmp_path / "cache", data=tiny_dataset(), tables=False,
+                           export_dir=tmp_path / "two")
+    names = ["ft.tflite", "original.tflite", "retrain.tflite"]
+    assert sorted(p.name for p in (tmp_path / "one").iterdir()) == names
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == names
+    for name in names:  # the same models, bit for bit: run again under the same configuration
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    assert [row["model_sha256"] for row in again["rows"]] == [row["model_sha256"] for row in first["rows"]]
+    assert {entry["written"] for entry in again["exports"].values()} == {"now"}
+    # the same folder once more: nothing to redo, every file reported as the earlier run's
+    kept = run_experiment(config, tmp_path / "out", tmp_path / "cache", data=tiny_dataset(), tables=False,
+                          export_dir=tmp_path / "two")
+    assert {entry["written"] for entry in kept["exports"].values()} == {"earlier"}
+    assert [row["seconds"] for row in kept["rows"]] == [row["seconds"] for row in again["rows"]]
+
+
+def test_the_export_message_says_what_was_written():
+    exports = {"seed0-integer": {"original": {"written": "now"}, "ft": {"written": "earlier"}},
+               "seed1-integer": {"original": {"written": "now"}, "ft": {"written": "now"}}}
+    assert _export_summary(exports, "exp") == ("exported 3 model(s) as .tflite under exp/<experiment>/; the other 1 "
+                                               "were there from an earlier run into exp")
 
 
 # ---- 3. --weight-bits and --width with a tflite: model ------------------------------------------

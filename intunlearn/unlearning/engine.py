@@ -693,25 +693,38 @@ class _Unit:
             self.progress["methods"] = read_progress(self.progress_path, self.config, self.fingerprint,
                                                      self.experiment.spec.mode)
 
+    def export_path(self, name: str) -> Path:
+        return self.plan.export_dir / f"{name}.tflite"
+
     def remaining(self) -> list[str]:
-        """The methods still to run ("original" first); with exports, the original is evaluated
-        again so that its file is written."""
+        """The methods still to run ("original" first): those not finished, and with exports,
+        finished ones whose file is not in the export folder (an earlier run exported elsewhere,
+        or not at all): unlearned models are not cached, so the method runs again (the same
+        model bit for bit: the configuration fixes everything it depends on)."""
         names = [ORIGINAL, *self.config.methods]
         return [name for name in names if name not in self.progress["methods"]
-                or (name == ORIGINAL and self.plan.export_dir is not None)]
+                or (self.plan.export_dir is not None and not self.export_path(name).is_file())]
 
     def record(self, name: str, result: dict) -> None:
+        earlier = self.progress["methods"].get(name, {}).get("model_sha256")
+        now = result["entry"].get("model_sha256")
+        if earlier not in (None, "0" * 64, now):
+            print(f"note: {self.plan.label + ': ' if self.plan.label else ''}{name}, run again to export it, computed "
+                  f"another model than the earlier run (SHA-256 {now[:16]}..., recorded {earlier[:16]}...); its new "
+                  f"results replace the recorded ones", file=sys.stderr)
         self.progress["methods"][name] = result["entry"]
         write_progress(self.progress_path, self.progress)
         for model_name, exported in result["exports"].items():
-            write_bytes_atomic(self.plan.export_dir / f"{model_name}.tflite", exported["tflite"])
-            self.exports[model_name] = {"path": str(self.plan.export_dir / f"{model_name}.tflite"),
-                                        "notes": exported["notes"]}
+            write_bytes_atomic(self.export_path(model_name), exported["tflite"])
+            self.exports[model_name] = {"path": str(self.export_path(model_name)), "notes": exported["notes"],
+                                        "written": "now"}
 
     def finish(self) -> dict:
         results = _summarise(self.config, self.progress["methods"], self.experiment)
-        if self.plan.export_dir is not None:
-            results["exports"] = self.exports
+        if self.plan.export_dir is not None:  # every model's file: written now, or by an earlier run into it
+            results["exports"] = {name: self.exports.get(name) or {"path": str(self.export_path(name)), "notes": None,
+                                                                   "written": "earlier"}
+                                  for name in (ORIGINAL, *self.config.methods)}
         write_json_atomic(self.plan.out_dir / "results.json", results)
         if self.plan.tables:
             from intunlearn.unlearning.report import write_csv, write_plot

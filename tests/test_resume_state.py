@@ -125,6 +125,47 @@ def test_a_tflite_models_weight_bits_come_from_its_file(tmp_path, bits):
     assert f"{bits}-bit weights" in report.splitlines()[0]
 
 
+# ---- 4. a retain set too small for the divergence guard ---------------------------------------
+
+
+def test_a_retain_set_too_small_for_the_guard_is_refused_before_training(tmp_path):
+    # 160 samples: random:0.995 forgets round(159.2) = 159, one is retained
+    config = tiny_config(methods=("retrain", "ga"), forget="random:0.995")
+    with pytest.raises(ValueError, match=r"forget \(--forget\) leaves 1 retain sample\(s\), and method 'ga' holds "
+                                         r"out part of the retain set for its divergence guard, which needs at "
+                                         r"least 2"):
+        run_experiment(config, tmp_path / "out", tmp_path / "cache", data=tiny_dataset(), tables=False)
+    assert models_in(tmp_path / "cache") == []
+
+
+def test_the_search_needs_a_retain_set_to_hold_out_from_too(tmp_path):
+    config = tiny_config(methods=("ft",), forget="random:0.995", tune=(0.5, 2.0))
+    with pytest.raises(ValueError, match=r"'ft' holds out part of the retain set for the learning-rate search "
+                                         r"\(--tune\)"):
+        run_experiment(config, tmp_path / "out", tmp_path / "cache", data=tiny_dataset(), tables=False)
+    assert models_in(tmp_path / "cache") == []
+
+
+def test_forgetting_every_training_sample_is_refused(tmp_path):
+    with pytest.raises(ValueError, match=r"selects all 160 training samples, leaving no retain set"):
+        run_experiment(tiny_config(methods=("retrain",), forget="random:0.999"), tmp_path / "out",
+                       tmp_path / "cache", data=tiny_dataset(), tables=False)
+    assert models_in(tmp_path / "cache") == []
+
+
+# ---- 5. the local executor's threads ------------------------------------------------------------
+
+
+def test_more_cpus_per_task_than_cores_is_refused_by_the_local_executor(tmp_path, capsys):
+    cores = default_threads()
+    with pytest.raises(ValueError, match=rf"--cpus-per-task {cores + 1} is more than the {cores} core\(s\)"):
+        make_executor("local", cpus_per_task=cores + 1)
+    assert make_executor("local", cpus_per_task=cores).threads == cores
+    assert main(["run", "--cpus-per-task", str(cores + 62), "--out", str(tmp_path / "out")]) == 2
+    assert f"--cpus-per-task {cores + 62} is more than the {cores} core(s)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 # ---- 6. a changed configuration named by the options that set it ------------------------------
 
 
@@ -144,3 +185,27 @@ def test_a_changed_configuration_names_the_option_behind_each_field(tmp_path, fi
                                                 "methods": {}})
     with pytest.raises(ValueError, match=rf"{field}: {then!r} then, {now!r} now, set by {source}"):
         read_progress(tmp_path / "progress.json", tiny_config(**{field: now}), fingerprint, "random")
+
+
+# ---- 8. options the data set does not use, and a class named twice -----------------------------
+
+
+def test_a_class_named_twice_is_refused_naming_forget(capsys, tmp_path):
+    with pytest.raises(ValueError, match=r"forget: 'class:C\[,C\.\.\.\]' names class 3 more than once"):
+        parse_forget("class:3,3", 10)
+    with pytest.raises(ValueError, match=r"names class 1, 3 more than once"):
+        parse_forget("class:3,1,3,1", 10)
+    assert parse_forget("class:3,1", 10).classes == (1, 3)
+    assert main(["run", "--forget", "class:3,3", "--out", str(tmp_path / "out")]) == 2
+    assert "names class 3 more than once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dataset", ["digits", "npz:blobs.npz"])
+def test_data_root_with_a_data_set_that_does_not_read_it_is_refused(dataset, capsys, tmp_path):
+    with pytest.raises(ValueError, match=r"data_root \(--data-root\) is where mnist, cifar10, cifar100, svhn are "
+                                         rf"read from; the data set '{dataset}' does not read it"):
+        ExperimentConfig(dataset=dataset, data_root="/nonexistent").validate()
+    ExperimentConfig(dataset="mnist", data_root="/nonexistent").validate()  # read (and checked) when loaded
+    assert main(["run", "--data-root", "/nonexistent", "--out", str(tmp_path / "out")]) == 2
+    assert "does not read it: leave --data-root out" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

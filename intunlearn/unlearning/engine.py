@@ -104,6 +104,9 @@ class ExperimentConfig:
             raise ValueError("a tflite: model is already quantized: its pipelines are fake and integer, not float")
         if self.weight_bits not in (4, 8):
             raise ValueError(f"weight_bits must be 4 or 8, got {self.weight_bits!r}")
+        if self.data_root is not None and not _reads_data_root(self.dataset):
+            raise ValueError(f"data_root (--data-root) is where {', '.join(DATA_ROOT_SETS)} are read from; the data "
+                             f"set {self.dataset!r} does not read it: leave --data-root out")
         if self.tflite_path is not None and not self.tflite_path.is_file():
             raise ValueError(f"model: {self.tflite_path} is not a .tflite file (--model tflite:PATH)")
         for name in self.methods:
@@ -137,6 +140,15 @@ class ExperimentConfig:
         check_device(self.device)
         check_backend(self.backend, self.device)
         return self
+
+
+# The data sets that intunlearn.data.load_dataset reads from `root` (digits is embedded, npz:PATH
+# names its file).
+DATA_ROOT_SETS = ("mnist", "cifar10", "cifar100", "svhn")
+
+
+def _reads_data_root(dataset: str) -> bool:
+    return str(dataset).strip().lower() in DATA_ROOT_SETS
 
 
 def check_device(device: str) -> None:
@@ -204,6 +216,9 @@ class Experiment:
         if split is None:
             mask = forget_mask(self.spec, data.y_train, config.seed)
             retained = ~mask
+            if not bool(retained.any()):  # nothing to retrain on: refused before anything is trained
+                raise ValueError(f"forget (--forget {config.forget}) selects all {len(mask)} training samples, "
+                                 f"leaving no retain set: forget fewer")
         else:
             mask, retained = _split_masks(split, len(data.y_train), self.spec)
         to = lambda t: t.to(self.device)  # noqa: E731

@@ -187,6 +187,23 @@ def test_a_changed_configuration_names_the_option_behind_each_field(tmp_path, fi
         read_progress(tmp_path / "progress.json", tiny_config(**{field: now}), fingerprint, "random")
 
 
+# ---- 7. a one-seed report says what its cells hold ----------------------------------------------
+
+
+def _report(seeds):
+    base = dataclasses.asdict(ExperimentConfig())
+    return format_report({"study": {"seeds": seeds, "pipelines": [], "unlearn_lrs": [None], "base": base},
+                          "summary": [], "best": [], "methods": [], "pipeline_comparisons": [], "machine": {}})
+
+
+def test_a_one_seed_report_says_its_cells_are_that_seeds_values():
+    one, three = _report([4]), _report([0, 1, 2])
+    assert "every cell is that seed's value; one seed gives no interval" in one
+    assert "half-width" not in one and "interval excludes 0" not in one
+    assert "every cell is the mean over seeds ± the half-width of its 95% Student-t interval" in three
+    assert "paired by seed; * where its interval excludes 0" in three
+
+
 # ---- 8. options the data set does not use, and a class named twice -----------------------------
 
 

@@ -49,8 +49,11 @@ def _add_model_options(parser, defaults) -> None:
     parser.add_argument("--model", default=defaults.model, type=_model_name,
                         help="mlp, cnn, resnet18, or tflite:PATH, a deployed int8 .tflite model to unlearn "
                              "(trained on --dataset; default: %(default)s)")
-    parser.add_argument("--width", type=int, default=None, help="model width (channels of the first stage)")
-    parser.add_argument("--weight-bits", type=int, choices=(4, 8), default=defaults.weight_bits)
+    parser.add_argument("--width", type=int, default=None,
+                        help="model width (channels of the first stage; not with tflite:PATH)")
+    parser.add_argument("--weight-bits", type=int, choices=(4, 8), default=None,
+                        help=f"weight width of a model built here (default: {defaults.weight_bits}); a tflite:PATH "
+                             f"model has its file's")
     parser.add_argument("--forget", default=defaults.forget, help="random:FRACTION or class:C[,C...]")
     parser.add_argument("--epochs", type=int, default=defaults.pretrain_epochs, help="float pre-training epochs")
     parser.add_argument("--qat-epochs", type=int, default=defaults.qat_epochs)
@@ -188,9 +191,10 @@ def _config(args, methods=None, arithmetic="integer", seed=0, unlearn_lr=None):
 
     if methods is None:
         methods = tuple(_comma_list(args.methods))
+    weight_bits = ExperimentConfig.weight_bits if args.weight_bits is None else args.weight_bits
     return ExperimentConfig(
         dataset=args.dataset, data_root=args.data_root, model=args.model, width=args.width,
-        weight_bits=args.weight_bits, arithmetic=arithmetic, forget=args.forget, methods=methods,
+        weight_bits=weight_bits, arithmetic=arithmetic, forget=args.forget, methods=methods,
         pretrain_epochs=args.epochs, qat_epochs=args.qat_epochs, lr=args.lr, unlearn_epochs=args.unlearn_epochs,
         unlearn_lr=unlearn_lr, batch_size=args.batch_size, seed=seed, device=args.device,
         backend=args.backend, tune=getattr(args, "tune", ()))
@@ -208,7 +212,29 @@ def _study(args):
             pipelines = ("fake", "integer")
         else:
             raise ValueError("a tflite: model is already quantized: --pipelines may name fake and integer only")
-    return StudyConfig(base=_config(args), seeds=seeds, pipelines=pipelines, unlearn_lrs=args.unlearn_lr)
+    base = _config(args)
+    if args.model.startswith("tflite:"):
+        base = _replace(base, weight_bits=_tflite_weight_bits(args))
+    return StudyConfig(base=base, seeds=seeds, pipelines=pipelines, unlearn_lrs=args.unlearn_lr)
+
+
+def _tflite_weight_bits(args) -> int:
+    """The weight width of a tflite: model, read from its file; --weight-bits and --width, which
+    say how a model built here is made, are refused rather than ignored."""
+    from pathlib import Path
+
+    from intunlearn.unlearning.engine import ExperimentConfig, tflite_weight_bits
+
+    given = [option for option, value in (("--weight-bits", args.weight_bits), ("--width", args.width))
+             if value is not None]
+    if given:
+        raise ValueError(f"{' and '.join(given)} set how a model built here is made; --model {args.model} is the "
+                         f"file's model, with its own weights and widths: leave {' and '.join(given)} out")
+    path = Path(args.model[len("tflite:"):])
+    if not path.is_file():
+        raise ValueError(f"model: {path} is not a .tflite file (--model tflite:PATH)")
+    # a file mixing widths (not one intunlearn writes) is described by its widest
+    return max(tflite_weight_bits(path), default=ExperimentConfig.weight_bits)
 
 
 def _run_experiment(args) -> int:
@@ -239,8 +265,19 @@ def _run_experiment(args) -> int:
             print("\n" + report_markdown(attack))
             print(f"wrote {out / 'ulira' / 'ulira.md'}, {out / 'ulira' / 'ulira.json'}")
     if args.export:
-        print(f"exported every model as .tflite under {args.export}/<experiment>/")
+        print(_export_summary(results.get("exports", {}), args.export))
     return 0
+
+
+def _export_summary(exports: dict, folder) -> str:
+    """What --export did: the files written by this run, and those an earlier run into the same
+    folder had written (kept: their methods' results are the recorded ones)."""
+    files = [entry for unit in exports.values() for entry in unit.values()]
+    now = sum(entry["written"] == "now" for entry in files)
+    text = f"exported {now} model(s) as .tflite under {folder}/<experiment>/"
+    if now < len(files):
+        text += f"; the other {len(files) - now} were there from an earlier run into {folder}"
+    return text
 
 
 def _ulira_check(args, study):

@@ -216,6 +216,17 @@ def _result(ray, ref):
         raise
 
 
+def _check_local_threads(cpus_per_task) -> None:
+    """The local executor runs one task at a time on this machine: more threads than the cores
+    this process may run on (os.sched_getaffinity) would only oversubscribe them, as Ray
+    refuses a task larger than its cluster."""
+    cores = default_threads()
+    if isinstance(cpus_per_task, int) and not isinstance(cpus_per_task, bool) and cpus_per_task > cores:
+        raise ValueError(f"--cpus-per-task {cpus_per_task} is more than the {cores} core(s) this process may run "
+                         f"on (the local executor runs each task here): give at most {cores}, or use --executor "
+                         f"ray with a cluster that has the CPUs")
+
+
 def make_executor(name: str, *, cpus_per_task: int | None = None, address: str | None = None,
                   device: str = "cpu"):
     """The executor called `name` ("local" or "ray"). cpus_per_task: threads per task (local
@@ -225,6 +236,7 @@ def make_executor(name: str, *, cpus_per_task: int | None = None, address: str |
     if name == "local":
         if address is not None:
             raise ValueError("--ray-address needs --executor ray")
+        _check_local_threads(cpus_per_task)
         return LocalExecutor(threads=cpus_per_task)
     return RayExecutor(address=address, cpus_per_task=1 if cpus_per_task is None else cpus_per_task,
                        gpus_per_task=1 if str(device).startswith("cuda") else 0)

@@ -517,8 +517,8 @@ def test_another_configuration_is_refused_saying_what_differs(finished, tmp_path
     before = (out / "progress.json").read_bytes()
     trainings = Trainings(monkeypatch)
     with pytest.raises(ValueError, match=r"holds the finished methods ft, original, retrain of a run with another "
-                                         r"configuration \(lr: 0.05 then, 0.01 now\); rerun with the earlier options"
-                                         r" to keep them, or use a fresh --out"):
+                                         r"configuration \(lr: 0.05 then, 0.01 now, set by --lr\); rerun with the "
+                                         r"earlier options to keep them, or use a fresh --out"):
         run_experiment(config(lr=0.01), out, cache, data=tiny_dataset(), tables=False)
     assert (out / "progress.json").read_bytes() == before and trainings.calls == []
 

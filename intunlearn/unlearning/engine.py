@@ -104,6 +104,9 @@ class ExperimentConfig:
             raise ValueError("a tflite: model is already quantized: its pipelines are fake and integer, not float")
         if self.weight_bits not in (4, 8):
             raise ValueError(f"weight_bits must be 4 or 8, got {self.weight_bits!r}")
+        if self.data_root is not None and not _reads_data_root(self.dataset):
+            raise ValueError(f"data_root (--data-root) is where {', '.join(DATA_ROOT_SETS)} are read from; the data "
+                             f"set {self.dataset!r} does not read it: leave --data-root out")
         if self.tflite_path is not None and not self.tflite_path.is_file():
             raise ValueError(f"model: {self.tflite_path} is not a .tflite file (--model tflite:PATH)")
         for name in self.methods:
@@ -137,6 +140,15 @@ class ExperimentConfig:
         check_device(self.device)
         check_backend(self.backend, self.device)
         return self
+
+
+# The data sets that intunlearn.data.load_dataset reads from `root` (digits is embedded, npz:PATH
+# names its file).
+DATA_ROOT_SETS = ("mnist", "cifar10", "cifar100", "svhn")
+
+
+def _reads_data_root(dataset: str) -> bool:
+    return str(dataset).strip().lower() in DATA_ROOT_SETS
 
 
 def check_device(device: str) -> None:
@@ -204,6 +216,9 @@ class Experiment:
         if split is None:
             mask = forget_mask(self.spec, data.y_train, config.seed)
             retained = ~mask
+            if not bool(retained.any()):  # nothing to retrain on: refused before anything is trained
+                raise ValueError(f"forget (--forget {config.forget}) selects all {len(mask)} training samples, "
+                                 f"leaving no retain set: forget fewer")
         else:
             mask, retained = _split_masks(split, len(data.y_train), self.spec)
         to = lambda t: t.to(self.device)  # noqa: E731
@@ -221,7 +236,7 @@ class Experiment:
         c = self.config
         tflite = None
         if c.tflite_path is not None:
-            tflite = hashlib.sha256(c.tflite_path.read_bytes()).hexdigest()[:16]
+            tflite = tflite_sha256(c.tflite_path)[:16]
         return {"tflite": tflite, "version": CACHE_VERSION, "role": role, "dataset": c.dataset, "data_root": c.data_root,
                 "device": c.device, "data": data_fingerprint(x, y), "samples": len(x),
                 "model": c.model, "width": c.width, "weight_bits": c.weight_bits, "arithmetic": c.arithmetic,
@@ -693,25 +708,38 @@ class _Unit:
             self.progress["methods"] = read_progress(self.progress_path, self.config, self.fingerprint,
                                                      self.experiment.spec.mode)
 
+    def export_path(self, name: str) -> Path:
+        return self.plan.export_dir / f"{name}.tflite"
+
     def remaining(self) -> list[str]:
-        """The methods still to run ("original" first); with exports, the original is evaluated
-        again so that its file is written."""
+        """The methods still to run ("original" first): those not finished, and with exports,
+        finished ones whose file is not in the export folder (an earlier run exported elsewhere,
+        or not at all): unlearned models are not cached, so the method runs again (the same
+        model bit for bit: the configuration fixes everything it depends on)."""
         names = [ORIGINAL, *self.config.methods]
         return [name for name in names if name not in self.progress["methods"]
-                or (name == ORIGINAL and self.plan.export_dir is not None)]
+                or (self.plan.export_dir is not None and not self.export_path(name).is_file())]
 
     def record(self, name: str, result: dict) -> None:
+        earlier = self.progress["methods"].get(name, {}).get("model_sha256")
+        now = result["entry"].get("model_sha256")
+        if earlier not in (None, "0" * 64, now):
+            print(f"note: {self.plan.label + ': ' if self.plan.label else ''}{name}, run again to export it, computed "
+                  f"another model than the earlier run (SHA-256 {now[:16]}..., recorded {earlier[:16]}...); its new "
+                  f"results replace the recorded ones", file=sys.stderr)
         self.progress["methods"][name] = result["entry"]
         write_progress(self.progress_path, self.progress)
         for model_name, exported in result["exports"].items():
-            write_bytes_atomic(self.plan.export_dir / f"{model_name}.tflite", exported["tflite"])
-            self.exports[model_name] = {"path": str(self.plan.export_dir / f"{model_name}.tflite"),
-                                        "notes": exported["notes"]}
+            write_bytes_atomic(self.export_path(model_name), exported["tflite"])
+            self.exports[model_name] = {"path": str(self.export_path(model_name)), "notes": exported["notes"],
+                                        "written": "now"}
 
     def finish(self) -> dict:
         results = _summarise(self.config, self.progress["methods"], self.experiment)
-        if self.plan.export_dir is not None:
-            results["exports"] = self.exports
+        if self.plan.export_dir is not None:  # every model's file: written now, or by an earlier run into it
+            results["exports"] = {name: self.exports.get(name) or {"path": str(self.export_path(name)), "notes": None,
+                                                                   "written": "earlier"}
+                                  for name in (ORIGINAL, *self.config.methods)}
         write_json_atomic(self.plan.out_dir / "results.json", results)
         if self.plan.tables:
             from intunlearn.unlearning.report import write_csv, write_plot
@@ -823,7 +851,55 @@ def progress_config(config: ExperimentConfig, fingerprint: str) -> dict:
     values = dataclasses.asdict(config)
     del values["methods"]
     values["data"] = fingerprint
+    if config.tflite_path is not None:  # the file is the original model: its contents, not its name
+        values["tflite_sha256"] = tflite_sha256(config.tflite_path)
     return json_safe(values)
+
+
+def tflite_weight_bits(path) -> tuple[int, ...]:
+    """The distinct weight widths of a .tflite file's weighted layers, as load_tflite reads them."""
+    from intunlearn.tflite import load_tflite
+
+    return tuple(sorted({int(module.weight_bits) for module in load_tflite(Path(path)).modules()
+                         if hasattr(module, "weight_bits")}))
+
+
+def tflite_sha256(path) -> str:
+    """SHA-256 (hex) of a .tflite file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# Where each field of a progress file's configuration comes from on the command line, for the
+# message that refuses a resume with another configuration (a field not listed: --field-name).
+OPTION_SOURCES = {
+    "threads": "--cpus-per-task, the compute threads of each task: the local executor's default is every core, "
+               "Ray's is 1",
+    "float32_scales": "--export, which rounds activation scales to float32 before anything is evaluated",
+    "pretrain_epochs": "--epochs",
+    "arithmetic": "--pipelines",
+    "seed": "--seeds / --seed",
+    "data": "the data set's contents",
+    "data_root": "--data-root",
+    "tflite_sha256": "the contents of the --model tflite: file",
+    "method_defaults": "this intunlearn version's method defaults",
+}
+
+
+def _option_source(field: str) -> str:
+    return OPTION_SOURCES.get(field, "--" + field.replace("_", "-"))
+
+
+def describe_differences(then: dict, now: dict) -> str:
+    """'field: X then, Y now, set by --option' for each field that differs, and first, when
+    the --model tflite: file is another, a sentence naming it."""
+    names = sorted(set(then) | set(now))
+    differences = [f"{name}: {then.get(name)!r} then, {now.get(name)!r} now, set by {_option_source(name)}"
+                   for name in names if then.get(name) != now.get(name)]
+    if then.get("tflite_sha256") not in (None, now.get("tflite_sha256")) and then.get("model") == now.get("model"):
+        path = str(now.get("model", ""))[len(TFLITE_PREFIX):]
+        differences.insert(0, f"the file {path} of --model {now.get('model')} has changed: its contents are not "
+                              f"the model the finished methods unlearned")
+    return "; ".join(differences)
 
 
 def progress_checksum(progress: dict) -> str:
@@ -900,9 +976,7 @@ def read_progress(path, config: ExperimentConfig, fingerprint: str, forget_mode:
         if not isinstance(saved["config"], dict) or not isinstance(saved["methods"], dict):
             raise bad("'config' and 'methods' must be objects")
         if saved["config"] != current or saved["config_hash"] != config_hash(current):
-            names = sorted(set(saved["config"]) | set(current))
-            differences = "; ".join(f"{name}: {saved['config'].get(name)!r} then, {current.get(name)!r} now"
-                                    for name in names if saved["config"].get(name) != current.get(name))
+            differences = describe_differences(saved["config"], current)
             raise ValueError(f"{path} holds the finished methods {', '.join(saved['methods']) or '(none)'} of a run "
                              f"with another configuration ({differences or 'its key differs'}); rerun with the "
                              f"earlier options to keep them, or use a fresh --out (or delete {path.parent}) to start "

@@ -33,9 +33,14 @@ def parse_forget(spec: str, num_classes: int) -> ForgetSpec:
         return ForgetSpec("random", fraction=fraction)
     if mode == "class":
         try:
-            classes = tuple(sorted({int(part) for part in value.split(",")}))
+            listed = [int(part) for part in value.split(",")]
         except ValueError:
-            classes = ()
+            listed = []
+        if len(set(listed)) != len(listed):
+            repeated = sorted({c for c in listed if listed.count(c) > 1})
+            raise ValueError(f"forget: 'class:C[,C...]' names class {', '.join(map(str, repeated))} more than once, "
+                             f"got {spec!r}: name each class once")
+        classes = tuple(sorted(listed))
         if not classes or min(classes) < 0 or max(classes) >= num_classes or len(classes) >= num_classes:
             raise ValueError(f"forget: 'class:C[,C...]' needs classes in [0, {num_classes - 1}] "
                              f"(not all of them), got {spec!r}")

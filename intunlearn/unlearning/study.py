@@ -167,7 +167,11 @@ def _estimate(values) -> dict | None:
 
 def summarise(study: StudyConfig, units: dict[Unit, dict]) -> dict:
     first = next(iter(units.values()))
-    return summarise_rows(study, tidy_rows(units), list(first["metrics"]), first["machine"])
+    results = summarise_rows(study, tidy_rows(units), list(first["metrics"]), first["machine"])
+    exports = {unit.name: unit_results["exports"] for unit, unit_results in units.items() if "exports" in unit_results}
+    if exports:  # each experiment's .tflite files (engine.run_units with export folders)
+        results["exports"] = exports
+    return results
 
 
 def summarise_rows(study: StudyConfig, rows: list[dict], metric_names: list[str], machine: dict) -> dict:

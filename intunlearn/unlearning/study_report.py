@@ -45,16 +45,31 @@ def _shift(shift, digits=1) -> str:
     return text
 
 
+def _cell_legend(seeds) -> str:
+    """What a table cell holds: with one seed its value (there is no interval), else the mean
+    and the half-width of its 95% interval."""
+    if len(seeds) == 1:
+        return (f"Seed {seeds[0]} (n = 1): every cell is that seed's value; one seed gives no interval (run "
+                f"--seeds 3 or more for means with 95% intervals), so no two figures can be told apart.")
+    return (f"Seeds {', '.join(map(str, seeds))} (n = {len(seeds)}); every cell is the mean over seeds ± the "
+            f"half-width of its 95% Student-t interval.")
+
+
+def _shift_legend(seeds) -> str:
+    if len(seeds) == 1:
+        return "shift = deployed - as unlearned."
+    return "shift = deployed - as unlearned, paired by seed; * where its interval excludes 0."
+
+
 def format_report(results: dict) -> str:
     study, base = results["study"], results["study"]["base"]
     lrs = study["unlearn_lrs"]
     lines = [f"# Fidelity study: {base['dataset']} / {base['model']}, {base['weight_bits']}-bit weights, "
              f"forget {base['forget']}",
              "",
-             f"Seeds {', '.join(map(str, study['seeds']))} (n = {len(study['seeds'])}); every cell is the mean "
-             f"over seeds ± the half-width of its 95% Student-t interval. \"as unlearned\": the pipeline's own "
+             _cell_legend(study["seeds"]) + " \"as unlearned\": the pipeline's own "
              f"arithmetic; \"deployed\": integer arithmetic with float32 scales (float pipeline: post-training "
-             f"quantization). shift = deployed - as unlearned, paired by seed; * where its interval excludes 0. "
+             f"quantization). " + _shift_legend(study["seeds"]) + " "
              f"gap: mean |metric - retrain's| over FA, RA, TA, MIA (the same pipeline's retrain, same "
              f"evaluation). steps: median |Δw| / s_w of the unlearning update, in weight quantization steps.",
              ""]

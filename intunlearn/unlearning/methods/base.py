@@ -51,6 +51,7 @@ from intunlearn.unlearning.training import DivergenceGuard, TrainConfig, accurac
 RECIPE_LR = 0.05  # ExperimentConfig.lr's default: a task built without a recipe gets it
 HOLDOUT_FRACTION = 0.05  # the share of the retain set held out for the guard and the search
 HOLDOUT_MINIMUM = 50  # samples, while that leaves at least half the retain set to train on
+HOLDOUT_SPLIT_LEAST = 2  # retain samples a split needs: one held out, one to train on
 GUARD_MARGIN = 5.0  # percentage points of held-out retain accuracy a method may lose
 GUARD_CHECKS = 10  # slice evaluations per run (every tenth of the budget, and after the last step)
 TUNE_FACTORS = (1 / 3, 1.0, 3.0)  # --tune: multiples of a method's default learning rate
@@ -117,7 +118,7 @@ def holdout_split(task: UnlearnTask) -> tuple[UnlearnTask, Holdout]:
     set, at least HOLDOUT_MINIMUM samples but never more than half of it. ValueError when the
     retain set is too small to split (under 2 samples)."""
     count = len(task.y_retain)
-    if count < 2:
+    if count < HOLDOUT_SPLIT_LEAST:
         raise ValueError(f"the divergence guard and --tune hold out part of the retain set, which has only "
                          f"{count} sample(s)")
     size = min(count // 2, max(round(HOLDOUT_FRACTION * count), HOLDOUT_MINIMUM))
@@ -223,6 +224,14 @@ class Method:
             check_tune_factors(task.tune)
             if task.lr is not None:
                 raise ValueError("tune searches the learning rate: give tune or lr (--unlearn-lr), not both")
+        holds_out = [why for why, used in (("its divergence guard", self.guarded),
+                                           ("the learning-rate search (--tune)", bool(task.tune) and self.tunable))
+                     if used]
+        retained = len(task.y_retain)
+        if holds_out and retained < HOLDOUT_SPLIT_LEAST:  # checked here, before the models are trained
+            raise ValueError(f"forget (--forget) leaves {retained} retain sample(s), and method {self.name!r} holds "
+                             f"out part of the retain set for {' and '.join(holds_out)}, which needs at least "
+                             f"{HOLDOUT_SPLIT_LEAST}: forget fewer samples, or leave {self.name} out of --methods")
 
     def unlearn(self, model: nn.Module, task: UnlearnTask) -> nn.Module:
         """Return the unlearned model (`model` is the caller's copy and may be modified)."""

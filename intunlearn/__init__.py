@@ -18,7 +18,6 @@ from intunlearn.deploy import (integer_state_dict, load_integer_state, load_inte
                                save_integer_state)
 from intunlearn.modules import (InputQuantizer, QuantAdd, QuantAvgPool2d, QuantConv2d, QuantLinear,  # noqa: E402
                                 sample_weights, set_arithmetic)
-from intunlearn.tflite import export_tflite, load_tflite, round_scales_to_float32  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = [
@@ -27,3 +26,14 @@ __all__ = [
     "load_integer_state_dict", "load_tflite", "ops", "qparams", "quantize", "sample_weights",
     "round_scales_to_float32", "save_integer_state", "set_arithmetic",
 ]
+
+# The .tflite functions load on first use (PEP 562): `python -m intunlearn.tflite` then runs a
+# module that the package has not imported already (runpy warns otherwise).
+_TFLITE_NAMES = ("export_tflite", "load_tflite", "round_scales_to_float32")
+
+
+def __getattr__(name):
+    if name in _TFLITE_NAMES:
+        from intunlearn import tflite
+        return getattr(tflite, name)
+    raise AttributeError(f"module 'intunlearn' has no attribute {name!r}")

@@ -101,3 +101,16 @@ def seed(value, name: str = "seed") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 0 <= value < 2**32:
         raise ValueError(f"{name} must be an int in [0, 2**32), got {value!r}")
     return int(value)
+
+
+def positive_int_option(text: str) -> int:
+    """argparse type: a command-line count, a positive integer (argparse names the option)."""
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value

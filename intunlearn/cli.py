@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 
+from intunlearn._checks import positive_int_option
 from intunlearn.backends import BACKENDS
 
 
@@ -109,28 +110,18 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--ray-address", default=None, metavar="ADDR",
                         help="join the Ray cluster at ADDR (as `ray start --head` printed it, or auto) instead "
                              "of starting Ray here")
-    parser.add_argument("--cpus-per-task", type=_positive_int, default=None, metavar="N",
+    parser.add_argument("--cpus-per-task", type=positive_int_option, default=None, metavar="N",
                         help="CPUs (and compute threads) per unit of work (default: all cores for local, 1 for "
                              "ray); float results depend on it, so runs compare bit for bit only with the same N")
     parser.add_argument("--mia", choices=("efficacy", "ulira"), default="efficacy",
                         help="efficacy: the population attack every experiment reports (MIA-Efficacy); ulira: "
                              "also the per-example attack U-LiRA with --shadows shadow models per pipeline, "
                              "written to OUT/ulira (random forgetting only)")
-    parser.add_argument("--shadows", type=_positive_int, default=16, metavar="K",
+    parser.add_argument("--shadows", type=positive_int_option, default=16, metavar="K",
                         help="U-LiRA's shadow models per pipeline (default: %(default)s; at least 5)")
-    parser.add_argument("--ulira-pool", type=_positive_int, default=200, metavar="N",
+    parser.add_argument("--ulira-pool", type=positive_int_option, default=200, metavar="N",
                         help="U-LiRA's target pool: N training examples the shadows unlearn (default: %(default)s)")
     parser.set_defaults(handler=_run_experiment)
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
 
 
 PIPELINES = ("float", "fake", "integer")

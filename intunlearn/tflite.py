@@ -35,6 +35,7 @@ import torch
 from torch import fx, nn
 
 from intunlearn import ops
+from intunlearn._checks import positive_int_option
 from intunlearn import qparams as qp
 from intunlearn.deploy import integer_state_dict, load_integer_state_dict
 from intunlearn.io import write_bytes_atomic
@@ -1432,18 +1433,6 @@ def format_runtime_table(rows) -> str:
     return "\n".join(lines)
 
 
-def _positive_count(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer (a number of random inputs), got {text!r}")
-    return value
-
-
 def _main(argv=None) -> int:
     """python -m intunlearn.tflite [SAMPLES]: measure and print the runtime table."""
     import argparse
@@ -1452,7 +1441,7 @@ def _main(argv=None) -> int:
         prog="python -m intunlearn.tflite",
         description="Measure which single-op models and weight formats each installed runtime computes "
                     "bit-exactly against intunlearn (the README's runtime table).")
-    parser.add_argument("samples", nargs="?", type=_positive_count, default=200,
+    parser.add_argument("samples", nargs="?", type=positive_int_option, default=200,
                         help="random int8 inputs per model (default: %(default)s)")
     args = parser.parse_args(argv)
     measured = runtime_table(args.samples)

@@ -476,7 +476,7 @@ def test_python_m_intunlearn_tflite_checks_its_argument():
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 2, result.stderr
         assert "usage: python -m intunlearn.tflite" in result.stderr
-        assert f"must be a positive integer (a number of random inputs), got '{argument}'" in result.stderr
+        assert f"argument samples: must be a positive integer, got '{argument}'" in result.stderr
         assert "Traceback" not in result.stderr
 
 

@@ -316,6 +316,8 @@ def _run_export(args) -> int:
     check_output_file(args.output, "output")
     methods = (args.method,) if args.method else ("ft",)
     config = _config(args, methods, arithmetic=args.arithmetic, seed=args.seed, unlearn_lr=args.unlearn_lr)
+    if args.model.startswith("tflite:"):
+        config = _replace(config, weight_bits=_tflite_weight_bits(args))
     experiment = Experiment(_replace(config, float32_scales=True), args.cache_dir)
     model = experiment.original()
     if args.method:

@@ -107,6 +107,15 @@ def test_weight_bits_and_width_with_a_tflite_model_are_refused(tmp_path, capsys,
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
 
 
+def test_export_of_a_tflite_model_refuses_weight_bits_too(tmp_path, capsys):
+    path = tmp_path / "m.tflite"
+    path.write_bytes(deployed_bytes(0))
+    assert main(["export", str(tmp_path / "out.tflite"), "--model", f"tflite:{path}", "--weight-bits", "8",
+                 "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "--weight-bits set how a model built here is made" in capsys.readouterr().err
+    assert not (tmp_path / "out.tflite").exists() and not (tmp_path / "cache").exists()
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_a_tflite_models_weight_bits_come_from_its_file(tmp_path, bits):
     from intunlearn.cli import _study

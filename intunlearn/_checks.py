@@ -94,7 +94,6 @@ def activation_range(act_min, act_max) -> None:
         raise ValueError(f"act_min must be <= act_max, got act_min={act_min}, act_max={act_max}")
 
 
-
 def seed(value, name: str = "seed") -> int:
     """A random seed: an int (numpy's too, not a bool) in [0, 2**32), the range of numpy's
     RandomState and of scikit-learn's random_state."""

@@ -182,7 +182,10 @@ def _config(args, methods=None, arithmetic="integer", seed=0, unlearn_lr=None):
 
     if methods is None:
         methods = tuple(_comma_list(args.methods))
-    weight_bits = ExperimentConfig.weight_bits if args.weight_bits is None else args.weight_bits
+    if args.model.startswith("tflite:"):
+        weight_bits = _tflite_weight_bits(args)
+    else:
+        weight_bits = ExperimentConfig.weight_bits if args.weight_bits is None else args.weight_bits
     return ExperimentConfig(
         dataset=args.dataset, data_root=args.data_root, model=args.model, width=args.width,
         weight_bits=weight_bits, arithmetic=arithmetic, forget=args.forget, methods=methods,
@@ -203,10 +206,7 @@ def _study(args):
             pipelines = ("fake", "integer")
         else:
             raise ValueError("a tflite: model is already quantized: --pipelines may name fake and integer only")
-    base = _config(args)
-    if args.model.startswith("tflite:"):
-        base = _replace(base, weight_bits=_tflite_weight_bits(args))
-    return StudyConfig(base=base, seeds=seeds, pipelines=pipelines, unlearn_lrs=args.unlearn_lr)
+    return StudyConfig(base=_config(args), seeds=seeds, pipelines=pipelines, unlearn_lrs=args.unlearn_lr)
 
 
 def _tflite_weight_bits(args) -> int:
@@ -316,8 +316,6 @@ def _run_export(args) -> int:
     check_output_file(args.output, "output")
     methods = (args.method,) if args.method else ("ft",)
     config = _config(args, methods, arithmetic=args.arithmetic, seed=args.seed, unlearn_lr=args.unlearn_lr)
-    if args.model.startswith("tflite:"):
-        config = _replace(config, weight_bits=_tflite_weight_bits(args))
     experiment = Experiment(_replace(config, float32_scales=True), args.cache_dir)
     model = experiment.original()
     if args.method:
